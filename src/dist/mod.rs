@@ -1,0 +1,3 @@
+//! Communication across ranks. For now: locating and loading NCCL.
+
+pub mod nccl_lib;

@@ -1,0 +1,12 @@
+//! fomaml: first-order MAML meta-training for Llama / Qwen2 / Qwen3 on libtorch.
+//!
+//! `model` (decoder, checkpoint loading) knows nothing of training; `meta` holds the algorithms
+//! and their loss; `dist` the communication across ranks; `cli` the subcommands.
+
+pub mod cli;
+pub mod dist;
+pub mod fsutil;
+pub mod meta;
+pub mod model;
+pub mod runtime;
+pub mod tensor_io;

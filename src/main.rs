@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fomaml::cli;
+
+/// Meta-trains Llama / Qwen2 / Qwen3 models with first-order MAML and its family, on libtorch.
+#[derive(Parser)]
+#[command(name = "fomaml", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check libtorch, CUDA, NCCL and threads; exits non-zero when something needed is missing.
+    Doctor(cli::doctor::DoctorArgs),
+    /// Run a model on token ids and write its logits to a safetensors file.
+    Logits(cli::logits::LogitsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Doctor(args) => cli::doctor::run(args),
+        Command::Logits(args) => cli::logits::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

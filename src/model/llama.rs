@@ -1,0 +1,284 @@
+//! One decoder for `LlamaForCausalLM`, `Qwen2ForCausalLM` and `Qwen3ForCausalLM`.
+//!
+//! The three differ only in switches resolved by [`ModelConfig`]: q/k/v (and o) biases, per-head
+//! q/k RMSNorm, an explicit head_dim and the rope frequency rule. Numerics follow transformers:
+//! RMSNorm and rotary angles in fp32, cast back to the compute dtype before the weight multiply.
+//!
+//! Modules hold shallow clones of the tensors in a [`Weights`], so building a `CausalLm` over other
+//! weights (adapted parameters, a gathered shard) costs nothing and in-place updates are seen.
+
+use tch::{Kind, Tensor};
+
+use super::{ModelConfig, ModelError, RopeScaling, Weights};
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(w: &Weights, prefix: &str, bias: bool) -> Result<Self, ModelError> {
+        let weight = w.get(&format!("{prefix}.weight"))?;
+        let bias = if bias { Some(w.get(&format!("{prefix}.bias"))?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(w: &Weights, name: &str, eps: f64) -> Result<Self, ModelError> {
+        Ok(Self { weight: w.get(name)?, eps })
+    }
+
+    /// Normalises over the last dimension in fp32, as transformers does for every dtype.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32.square().mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// Rotary position embedding: inverse frequencies fixed at construction, angles from position ids.
+struct Rotary {
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
+        // Computed in fp32 with the same ops as transformers, so angles agree to the last bit.
+        let dim = cfg.head_dim;
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
+        let base = Tensor::from(cfg.rope_theta as f32).to_device(device);
+        let inv_freq = base.pow(&exponents).reciprocal();
+        let inv_freq = match cfg.rope_scaling {
+            RopeScaling::Default => inv_freq,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let low_freq_wavelen = original_max_position_embeddings / low_freq_factor;
+                let high_freq_wavelen = original_max_position_embeddings / high_freq_factor;
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                // Long wavelengths are stretched by `factor`, short ones kept, the band between blended.
+                let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
+                let smooth = (wavelen.reciprocal() * original_max_position_embeddings - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                let smoothed: Tensor = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let is_medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
+                smoothed.where_self(&is_medium, &scaled)
+            }
+        };
+        Self { inv_freq }
+    }
+
+    /// cos and sin of shape [batch, 1, seq, head_dim] for `position_ids` [batch, seq].
+    fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().expect("rank >= 1") / 2;
+    let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// What each query may attend to.
+enum AttentionMask {
+    /// No padding: the causal mask alone, which lets SDPA take its fused causal path.
+    Causal,
+    /// Boolean [batch, 1, seq, seq]: causal and key not padding.
+    Explicit(Tensor),
+}
+
+impl AttentionMask {
+    fn new(attention_mask: Option<&Tensor>, seq: i64) -> Self {
+        let Some(mask) = attention_mask else { return Self::Causal };
+        let device = mask.device();
+        let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
+        let keys = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
+        // A padding query keeps itself, so no row is fully masked (which would make softmax NaN);
+        // its output is never scored.
+        let diagonal = Tensor::eye(seq, (Kind::Bool, device));
+        Self::Explicit(causal.logical_and(&keys.logical_or(&diagonal)))
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(cfg: &ModelConfig, w: &Weights, prefix: &str) -> Result<Self, ModelError> {
+        let norm = |n: &str| -> Result<Option<RmsNorm>, ModelError> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::new(w, &format!("{prefix}.{n}.weight"), cfg.rms_norm_eps)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q_proj: Linear::new(w, &format!("{prefix}.q_proj"), cfg.qkv_bias)?,
+            k_proj: Linear::new(w, &format!("{prefix}.k_proj"), cfg.qkv_bias)?,
+            v_proj: Linear::new(w, &format!("{prefix}.v_proj"), cfg.qkv_bias)?,
+            o_proj: Linear::new(w, &format!("{prefix}.o_proj"), cfg.o_proj_bias)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
+        let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let heads = |proj: &Linear, n: i64, norm: &Option<RmsNorm>| {
+            let h = proj.forward(x).view([batch, seq, n, self.head_dim]);
+            let h = match norm {
+                Some(norm) => norm.forward(&h),
+                None => h,
+            };
+            h.transpose(1, 2)
+        };
+        // 1. Project to heads ([batch, heads, seq, head_dim]); Qwen3 normalises q and k per head.
+        let q = heads(&self.q_proj, self.num_heads, &self.q_norm);
+        let k = heads(&self.k_proj, self.num_kv_heads, &self.k_norm);
+        let v = heads(&self.v_proj, self.num_kv_heads, &None);
+        // 2. Rotate q and k by position.
+        let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+        // 3. Scaled dot-product attention; kv heads are shared by groups of query heads.
+        let gqa = self.num_kv_heads != self.num_heads;
+        let out = match mask {
+            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa),
+            AttentionMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa),
+        };
+        // 4. Merge heads and project back to the hidden size.
+        let out = out.transpose(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(&out)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &ModelConfig, w: &Weights, prefix: &str) -> Result<Self, ModelError> {
+        Ok(Self {
+            gate_proj: Linear::new(w, &format!("{prefix}.gate_proj"), cfg.mlp_bias)?,
+            up_proj: Linear::new(w, &format!("{prefix}.up_proj"), cfg.mlp_bias)?,
+            down_proj: Linear::new(w, &format!("{prefix}.down_proj"), cfg.mlp_bias)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &ModelConfig, w: &Weights, index: i64) -> Result<Self, ModelError> {
+        let p = format!("model.layers.{index}");
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: RmsNorm::new(w, &format!("{p}.input_layernorm.weight"), eps)?,
+            self_attn: Attention::new(cfg, w, &format!("{p}.self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(w, &format!("{p}.post_attention_layernorm.weight"), eps)?,
+            mlp: Mlp::new(cfg, w, &format!("{p}.mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// The causal language model: embeddings, decoder layers, final norm, LM head.
+pub struct CausalLm {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// The same tensor as `embed_tokens` when embeddings are tied, so its gradient sums both uses.
+    lm_head: Tensor,
+    rotary: Rotary,
+    vocab_size: i64,
+}
+
+impl CausalLm {
+    pub fn new(cfg: &ModelConfig, w: &Weights) -> Result<Self, ModelError> {
+        let embed_tokens = w.get("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings { embed_tokens.shallow_clone() } else { w.get("lm_head.weight")? };
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(cfg, w, i)).collect::<Result<_, _>>()?;
+        Ok(Self {
+            rotary: Rotary::new(cfg, embed_tokens.device()),
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(w, "model.norm.weight", cfg.rms_norm_eps)?,
+            lm_head,
+            vocab_size: cfg.vocab_size,
+        })
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+
+    /// Logits [batch, seq, vocab] in the weights' dtype.
+    ///
+    /// `attention_mask` [batch, seq] marks real tokens with 1 (None: no padding); `position_ids`
+    /// [batch, seq] defaults to 0..seq for every row.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, position_ids: Option<&Tensor>) -> Tensor {
+        let (batch, seq) = input_ids.size2().expect("input_ids are [batch, seq]");
+        // 1. Token embeddings.
+        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        // 2. Rotary angles for each position, shared by all layers.
+        let default_positions;
+        let positions = match position_ids {
+            Some(p) => p,
+            None => {
+                default_positions =
+                    Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, seq], false);
+                &default_positions
+            }
+        };
+        let (cos, sin) = self.rotary.cos_sin(positions, h.kind());
+        // 3. The decoder stack under a causal (and padding) mask.
+        let mask = AttentionMask::new(attention_mask, seq);
+        for layer in &self.layers {
+            h = layer.forward(&h, &cos, &sin, &mask);
+        }
+        // 4. Final norm and the LM head.
+        self.norm.forward(&h).linear::<Tensor>(&self.lm_head, None)
+    }
+}

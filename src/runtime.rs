@@ -1,0 +1,43 @@
+//! Facts about the libtorch this process actually loaded (which may differ from the one it was built
+//! against: on a GPU machine LD_LIBRARY_PATH points at that machine's torch).
+
+use std::path::PathBuf;
+
+/// The libtorch version the binary was built against.
+pub const BUILD_LIBTORCH_VERSION: &str = env!("FOMAML_LIBTORCH_BUILD_VERSION");
+
+/// Path of a shared library mapped into this process, e.g. `libtorch_cpu.so`.
+fn mapped_library(file_name: &str) -> Option<PathBuf> {
+    // Make sure libtorch is mapped before looking (any call into it does).
+    let _ = tch::get_num_threads();
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let suffix = format!("/{file_name}");
+    maps.lines().filter_map(|line| line.split_whitespace().nth(5)).find(|p| p.ends_with(&suffix)).map(PathBuf::from)
+}
+
+/// Directory of the loaded `libtorch_cpu.so`.
+pub fn loaded_libtorch_dir() -> Option<PathBuf> {
+    mapped_library("libtorch_cpu.so")?.parent().map(PathBuf::from)
+}
+
+/// Whether libtorch's CUDA backend was loaded (build.rs links it with `--no-as-needed`); without
+/// it `Cuda::is_available()` is false even on a GPU machine.
+pub fn cuda_backend_loaded() -> bool {
+    mapped_library("libtorch_cuda.so").is_some()
+}
+
+/// The loaded libtorch's version, from `torch/version.py` (pip) or `build-version` (libtorch zip).
+pub fn loaded_libtorch_version() -> Option<String> {
+    let root = loaded_libtorch_dir()?.parent()?.to_path_buf();
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(line.split(['\'', '"']).nth(1)?.to_string());
+    }
+    std::fs::read_to_string(root.join("build-version")).ok().map(|s| s.trim().to_string())
+}
+
+/// `2.11.0+cu130` -> `2.11`.
+pub fn major_minor(version: &str) -> &str {
+    let end = version.match_indices('.').nth(1).map_or(version.len(), |(i, _)| i);
+    &version[..end]
+}

@@ -1,0 +1,45 @@
+//! Helpers shared by the integration tests: the golden fixtures made by tests/golden/make_golden.py.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use fomaml::tensor_io::read_safetensors;
+use tch::{Kind, Tensor};
+
+pub const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+pub fn fixture(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(arch)
+}
+
+/// transformers' outputs for `arch`: logits, loss, grad.<name>, inputs.
+pub fn expected(arch: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixture(arch).join("expected.safetensors")).unwrap().into_iter().collect()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+/// ||a - b|| / ||b||
+pub fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
+}
+
+/// Keeps the positions where `attention_mask` is 1: padded positions compute unscored garbage.
+pub fn valid_positions(logits: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let vocab = *logits.size().last().unwrap();
+    logits.masked_select(&attention_mask.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, vocab])
+}
+
+/// A copy of a fixture directory that a test may damage.
+pub fn copy_fixture(arch: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(arch)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
