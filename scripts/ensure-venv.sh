@@ -39,6 +39,8 @@ if [ ! -f "$marker" ]; then
   touch "$marker"
 fi
 
+# Extra requirements from the environment too, so Makefile targets can ask for them.
+if [ -n "${FOMAML_EXTRA_PIP:-}" ]; then set -- "$@" $FOMAML_EXTRA_PIP; fi
 if [ "$#" -gt 0 ]; then
   missing=()
   for req in "$@"; do

@@ -123,7 +123,11 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
 
 /// Writes named tensors to `path` atomically (temp file, fsync, rename): a reader sees the old file
 /// or the whole new one, never half of it.
-pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let host: Vec<(String, HostTensor)> =
         tensors.iter().map(|(n, t)| Ok((n.to_string(), to_host(n, t)?))).collect::<Result<_>>()?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();

@@ -20,11 +20,7 @@ fn run_golden(arch: &str, kind: Kind, device: Device) -> (f64, f64, f64) {
     let got = valid_positions(&logits.to_kind(Kind::Float).to_device(Device::Cpu), &want["attention_mask"]);
     let reference = valid_positions(&want["logits"], &want["attention_mask"]);
     let single = tch::no_grad(|| model.forward(&on("single_ids"), None, None)).to_device(Device::Cpu);
-    (
-        max_abs_diff(&got, &reference),
-        relative_error(&got, &reference),
-        relative_error(&single, &want["single_logits"]),
-    )
+    (max_abs_diff(&got, &reference), relative_error(&got, &reference), relative_error(&single, &want["single_logits"]))
 }
 
 #[test]
@@ -54,7 +50,8 @@ fn fp32_gradients_of_the_sft_loss_match_transformers() {
 
         let mut worst = (0.0, String::new());
         for (name, param) in weights.iter() {
-            let reference = want.get(&format!("grad.{name}")).unwrap_or_else(|| panic!("{arch}: no reference grad for {name}"));
+            let reference =
+                want.get(&format!("grad.{name}")).unwrap_or_else(|| panic!("{arch}: no reference grad for {name}"));
             let err = relative_error(&param.grad(), reference);
             assert!(err <= 1e-4, "{arch}: gradient of {name} differs by {err:e} (relative)");
             if err > worst.0 {

@@ -4,7 +4,9 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::dist::nccl_lib;
-use crate::runtime::{cuda_backend_loaded, loaded_libtorch_dir, loaded_libtorch_version, major_minor, BUILD_LIBTORCH_VERSION};
+use crate::runtime::{
+    cuda_backend_loaded, loaded_libtorch_dir, loaded_libtorch_version, major_minor, BUILD_LIBTORCH_VERSION,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -69,33 +71,60 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     let loaded = loaded_libtorch_version();
     let where_ = loaded_libtorch_dir().map(|d| format!(" at {}", d.display())).unwrap_or_default();
     match &loaded {
-        Some(v) if major_minor(v) != major_minor(BUILD_LIBTORCH_VERSION) && BUILD_LIBTORCH_VERSION != "unknown" => {
-            r.row("libtorch", format!("{v}{where_}: built for {BUILD_LIBTORCH_VERSION}, rebuild or fix LD_LIBRARY_PATH"), Status::Fail)
-        }
+        Some(v) if major_minor(v) != major_minor(BUILD_LIBTORCH_VERSION) && BUILD_LIBTORCH_VERSION != "unknown" => r
+            .row(
+                "libtorch",
+                format!("{v}{where_}: built for {BUILD_LIBTORCH_VERSION}, rebuild or fix LD_LIBRARY_PATH"),
+                Status::Fail,
+            ),
         Some(v) => r.row("libtorch", format!("{v}{where_}"), Status::Ok),
         None => r.row("libtorch", format!("version unknown{where_}"), Status::Warn),
     }
 
-    let omp = std::env::var("OMP_NUM_THREADS").map(|v| format!("OMP_NUM_THREADS={v}")).unwrap_or("OMP_NUM_THREADS unset".into());
+    let omp = std::env::var("OMP_NUM_THREADS")
+        .map(|v| format!("OMP_NUM_THREADS={v}"))
+        .unwrap_or("OMP_NUM_THREADS unset".into());
     r.row("threads", format!("{} intra-op ({omp})", tch::get_num_threads()), Status::Info);
 
     match compute_check(Device::Cpu) {
-        Ok(err) if err < 1e-5 => r.row("cpu compute", format!("attention kernels agree (max diff {err:.1e})"), Status::Ok),
+        Ok(err) if err < 1e-5 => {
+            r.row("cpu compute", format!("attention kernels agree (max diff {err:.1e})"), Status::Ok)
+        }
         Ok(err) => r.row("cpu compute", format!("SDPA differs from explicit attention by {err:.1e}"), Status::Fail),
         Err(e) => r.row("cpu compute", format!("failed: {e}"), Status::Fail),
     }
 
     let cuda = tch::Cuda::is_available();
     let gpus = if cuda { tch::Cuda::device_count() } else { 0 };
-    let gpu_status = |ok: bool| if ok { Status::Ok } else if args.require_gpu { Status::Fail } else { Status::Info };
+    let gpu_status = |ok: bool| {
+        if ok {
+            Status::Ok
+        } else if args.require_gpu {
+            Status::Fail
+        } else {
+            Status::Info
+        }
+    };
     if cuda {
-        r.row("cuda", format!("available, {gpus} device(s), cuda runtime {}", tch::utils::version_cudart()), Status::Ok);
+        r.row(
+            "cuda",
+            format!("available, {gpus} device(s), cuda runtime {}", tch::utils::version_cudart()),
+            Status::Ok,
+        );
         match compute_check(Device::Cuda(0)) {
-            Ok(err) if err < 1e-3 => r.row("gpu compute", format!("cuda:0 attention kernels agree (max diff {err:.1e})"), Status::Ok),
-            Ok(err) => r.row("gpu compute", format!("cuda:0 SDPA differs from explicit attention by {err:.1e}"), Status::Fail),
+            Ok(err) if err < 1e-3 => {
+                r.row("gpu compute", format!("cuda:0 attention kernels agree (max diff {err:.1e})"), Status::Ok)
+            }
+            Ok(err) => {
+                r.row("gpu compute", format!("cuda:0 SDPA differs from explicit attention by {err:.1e}"), Status::Fail)
+            }
             Err(e) => r.row("gpu compute", format!("cuda:0 failed: {e}"), Status::Fail),
         }
-        let cudnn = if tch::Cuda::cudnn_is_available() { format!("{}", tch::utils::version_cudnn()) } else { "not available".into() };
+        let cudnn = if tch::Cuda::cudnn_is_available() {
+            format!("{}", tch::utils::version_cudnn())
+        } else {
+            "not available".into()
+        };
         r.row("cudnn", cudnn, Status::Info);
     } else {
         let why = if cuda_backend_loaded() {
@@ -112,7 +141,13 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             Err(e) => r.row("nccl", format!("{} loads but: {e}", lib.source), gpu_status(false)),
         },
         Err(e) => {
-            let status = if args.require_gpu { Status::Fail } else if cuda { Status::Warn } else { Status::Info };
+            let status = if args.require_gpu {
+                Status::Fail
+            } else if cuda {
+                Status::Warn
+            } else {
+                Status::Info
+            };
             r.row("nccl", e, status)
         }
     }

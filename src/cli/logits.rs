@@ -50,7 +50,13 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     write_safetensors(&args.out, &[("logits", &logits)], Some(meta))
         .with_context(|| format!("--out {}", args.out.display()))?;
 
-    println!("logits {:?} ({}, {:?}) -> {}", logits.size(), format!("{:?}", args.dtype).to_lowercase(), device, args.out.display());
+    println!(
+        "logits {:?} ({}, {:?}) -> {}",
+        logits.size(),
+        format!("{:?}", args.dtype).to_lowercase(),
+        device,
+        args.out.display()
+    );
     if n > 1 {
         let all_scored = Tensor::ones([1, n], (Kind::Int64, device));
         let loss = sft_loss(&logits, &ids, &all_scored).double_value(&[]);

@@ -270,14 +270,12 @@ impl ModelConfig {
 fn resolve_architecture(raw: &RawConfig) -> Result<Architecture, String> {
     if let Some(names) = &raw.architectures {
         let name = names.first().ok_or("`architectures` is an empty list")?;
-        return Architecture::from_hf_name(name).ok_or_else(|| {
-            format!("architecture `{name}` is not supported (supported: {})", Architecture::SUPPORTED)
-        });
+        return Architecture::from_hf_name(name)
+            .ok_or_else(|| format!("architecture `{name}` is not supported (supported: {})", Architecture::SUPPORTED));
     }
     match raw.model_type.as_deref() {
-        Some(t) => Architecture::from_model_type(t).ok_or_else(|| {
-            format!("model_type `{t}` is not supported (supported: llama, qwen2, qwen3)")
-        }),
+        Some(t) => Architecture::from_model_type(t)
+            .ok_or_else(|| format!("model_type `{t}` is not supported (supported: llama, qwen2, qwen3)")),
         None => Err("neither `architectures` nor `model_type` is given".into()),
     }
 }

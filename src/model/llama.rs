@@ -170,8 +170,12 @@ impl Attention {
         // 3. Scaled dot-product attention; kv heads are shared by groups of query heads.
         let gqa = self.num_kv_heads != self.num_heads;
         let out = match mask {
-            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa),
-            AttentionMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa),
+            AttentionMask::Causal => {
+                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
+            }
+            AttentionMask::Explicit(m) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
+            }
         };
         // 4. Merge heads and project back to the hidden size.
         let out = out.transpose(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
@@ -258,7 +262,12 @@ impl CausalLm {
     ///
     /// `attention_mask` [batch, seq] marks real tokens with 1 (None: no padding); `position_ids`
     /// [batch, seq] defaults to 0..seq for every row.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, position_ids: Option<&Tensor>) -> Tensor {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+    ) -> Tensor {
         let (batch, seq) = input_ids.size2().expect("input_ids are [batch, seq]");
         // 1. Token embeddings.
         let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);

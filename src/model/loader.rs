@@ -84,7 +84,10 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
                 if path.is_file() {
                     Ok(path)
                 } else {
-                    Err(ModelError::Config { path: index_path.clone(), reason: format!("lists shard `{f}`, which does not exist") })
+                    Err(ModelError::Config {
+                        path: index_path.clone(),
+                        reason: format!("lists shard `{f}`, which does not exist"),
+                    })
                 }
             })
             .collect();
@@ -109,7 +112,9 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, kind: Kind, device: Device) -
         .collect::<Result<_, _>>()?;
     let parsed = mapped
         .iter()
-        .map(|m| m.parse().map_err(|e| ModelError::BadSafetensors { path: m.path().to_path_buf(), reason: e.to_string() }))
+        .map(|m| {
+            m.parse().map_err(|e| ModelError::BadSafetensors { path: m.path().to_path_buf(), reason: e.to_string() })
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     // Where each tensor lives: name -> index of its file.
@@ -135,11 +140,8 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, kind: Kind, device: Device) -
         }
     }
     let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let mut unexpected: Vec<String> = location
-        .keys()
-        .filter(|n| !expected_names.contains(n.as_str()) && !ignorable(n, cfg))
-        .cloned()
-        .collect();
+    let mut unexpected: Vec<String> =
+        location.keys().filter(|n| !expected_names.contains(n.as_str()) && !ignorable(n, cfg)).cloned().collect();
     unexpected.sort();
     mismatch.unexpected = unexpected;
     if !mismatch.is_empty() {

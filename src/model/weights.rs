@@ -30,10 +30,7 @@ impl Weights {
 
     /// A shallow clone (same storage) of the named tensor.
     pub fn get(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.tensors
-            .get(name)
-            .map(Tensor::shallow_clone)
-            .ok_or_else(|| ModelError::MissingWeight(name.to_string()))
+        self.tensors.get(name).map(Tensor::shallow_clone).ok_or_else(|| ModelError::MissingWeight(name.to_string()))
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -1,0 +1,150 @@
+//! The `fomaml` binary as a user meets it: golden output of `logits`, and one-line errors with a
+//! non-zero exit on bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{copy_fixture, expected, fixture, relative_error};
+use fomaml::tensor_io::read_safetensors;
+
+fn fomaml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fomaml")).args(args).output().expect("run fomaml")
+}
+
+/// Asserts a failure whose stderr is one line containing every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+    }
+}
+
+fn ids_arg(arch: &str) -> String {
+    let ids = &expected(arch)["single_ids"];
+    let v: Vec<i64> = Vec::<i64>::try_from(ids.view([-1])).unwrap();
+    v.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn logits_writes_what_transformers_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in common::ARCHS {
+        let out_path = tmp.path().join(format!("{arch}.safetensors"));
+        let model = fixture(arch);
+        let out = fomaml(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--input-ids",
+            &ids_arg(arch),
+            "--device",
+            "cpu",
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mean next-token loss"));
+        let written: std::collections::HashMap<_, _> = read_safetensors(&out_path).unwrap().into_iter().collect();
+        let logits = &written["logits"];
+        assert_eq!(logits.size(), [1, 7, 256]);
+        let err = relative_error(logits, &expected(arch)["single_logits"]);
+        assert!(err < 1e-5, "{arch}: {err:e}");
+    }
+}
+
+#[test]
+fn a_wrong_model_path_is_one_clear_line() {
+    let out = fomaml(&["logits", "--model", "/no/such/model", "--input-ids", "1,2", "--out", "/tmp/x.safetensors"]);
+    assert_one_line_error(&out, &["/no/such/model", "does not exist"]);
+}
+
+#[test]
+fn an_unsupported_architecture_is_named() {
+    let dir = copy_fixture("llama");
+    let cfg = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(&cfg, text).unwrap();
+    let out = fomaml(&[
+        "logits",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input-ids",
+        "1,2",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
+    assert_one_line_error(&out, &["config.json", "GPT2LMHeadModel", "not supported"]);
+}
+
+#[test]
+fn a_truncated_checkpoint_is_one_clear_line() {
+    let dir = copy_fixture("llama");
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..1000]).unwrap();
+    let out = fomaml(&[
+        "logits",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input-ids",
+        "1,2",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
+    assert_one_line_error(&out, &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn bad_ids_and_a_bad_output_path_write_nothing() {
+    let model = fixture("qwen2");
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("l.safetensors");
+    let out = fomaml(&[
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--input-ids",
+        "1,999",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["999", "outside the vocabulary"]);
+    let missing_dir = tmp.path().join("nope/l.safetensors");
+    let out = fomaml(&[
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--input-ids",
+        "1,2",
+        "--device",
+        "cpu",
+        "--out",
+        missing_dir.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["nope", "does not exist"]);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing may be left behind");
+}
+
+#[test]
+fn doctor_reports_this_machine() {
+    let out = fomaml(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("libtorch") && stdout.contains("2.11") && stdout.contains("nccl"), "{stdout}");
+    if !tch::Cuda::is_available() {
+        let out = fomaml(&["doctor", "--require-gpu"]);
+        assert_one_line_error(&out, &["cuda"]);
+    }
+}
+
+#[test]
+fn the_binary_finds_libtorch_without_ld_library_path() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_fomaml")).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(Path::new(env!("CARGO_BIN_EXE_fomaml")).exists());
+}
