@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use tch::{Kind, Tensor};
 
@@ -66,6 +66,20 @@ impl MappedSafetensors {
     /// Parses the header and checks that every tensor lies inside the file.
     pub fn parse(&self) -> Result<SafeTensors<'_>, safetensors::SafeTensorError> {
         SafeTensors::deserialize(&self.mmap)
+    }
+
+    /// Drops the resident pages behind `bytes` (a tensor's data in this map) once it has been
+    /// copied out, so that loading a checkpoint does not hold the file's pages and the weights at
+    /// the same time. The pages are re-read from the file if touched again.
+    pub fn release(&self, bytes: &[u8]) {
+        let base = self.mmap.as_ptr() as usize;
+        let Some(offset) = (bytes.as_ptr() as usize).checked_sub(base) else { return };
+        if offset + bytes.len() > self.mmap.len() {
+            return;
+        }
+        // SAFETY: a read-only shared file mapping: MADV_DONTNEED discards this process's copy of
+        // the pages and later reads fault them back in from the file with the same contents.
+        let _ = unsafe { self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, bytes.len()) };
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tch::{Device, Kind};
 
 use super::{ModelConfig, ModelError, Weights};
-use crate::tensor_io::{kind_of, tensor_from_view, MappedSafetensors};
+use crate::tensor_io::{tensor_from_view, MappedSafetensors};
 
 /// Everything wrong between a checkpoint's tensors and what the config expects, reported at once.
 #[derive(Debug, Default)]
@@ -104,61 +104,74 @@ fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
 }
 
 /// Loads and validates the weights in `dir` against `cfg`, converting to `kind` on `device`.
+///
+/// Pass 1 reads only headers and reports every mismatch at once; pass 2 copies tensors file by
+/// file, releasing each tensor's pages once copied, so peak host memory stays near the size of the
+/// loaded weights rather than weights plus checkpoint.
 pub fn load_weights(dir: &Path, cfg: &ModelConfig, kind: Kind, device: Device) -> Result<Weights, ModelError> {
     let files = checkpoint_files(dir)?;
     let mapped: Vec<MappedSafetensors> = files
         .iter()
         .map(|p| MappedSafetensors::open(p).map_err(|source| ModelError::Io { path: p.clone(), source }))
         .collect::<Result<_, _>>()?;
-    let parsed = mapped
-        .iter()
-        .map(|m| {
-            m.parse().map_err(|e| ModelError::BadSafetensors { path: m.path().to_path_buf(), reason: e.to_string() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
 
-    // Where each tensor lives: name -> index of its file.
-    let mut location: HashMap<String, usize> = HashMap::new();
-    for (i, st) in parsed.iter().enumerate() {
-        for name in st.names() {
-            location.insert(name.to_string(), i);
+    // Pass 1: name -> (file index, shape), from the headers.
+    let mut location: HashMap<String, (usize, Vec<i64>)> = HashMap::new();
+    for (i, m) in mapped.iter().enumerate() {
+        for (name, view) in parse(m)?.tensors() {
+            location.insert(name, (i, view.shape().iter().map(|&d| d as i64).collect()));
         }
     }
-
     let expected = cfg.parameter_shapes();
+    check_against_config(dir, cfg, &expected, &location)?;
+
+    // Pass 2: copy out, file by file.
+    let mut loaded: HashMap<&str, tch::Tensor> = HashMap::new();
+    for (i, m) in mapped.iter().enumerate() {
+        let st = parse(m)?;
+        for (name, _) in expected.iter().filter(|(n, _)| location[n].0 == i) {
+            let view = st.tensor(name).expect("validated in pass 1");
+            let host = tensor_from_view(&view).ok_or_else(|| ModelError::UnsupportedDtype {
+                path: files[i].clone(),
+                name: name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            m.release(view.data());
+            loaded.insert(name, host.to_device(device).to_kind(kind));
+        }
+    }
+    let mut weights = Weights::new();
+    for (name, _) in &expected {
+        weights.insert(name.clone(), loaded.remove(name.as_str()).expect("every expected tensor was loaded"));
+    }
+    Ok(weights)
+}
+
+fn parse(m: &MappedSafetensors) -> Result<safetensors::SafeTensors<'_>, ModelError> {
+    m.parse().map_err(|e| ModelError::BadSafetensors { path: m.path().to_path_buf(), reason: e.to_string() })
+}
+
+fn check_against_config(
+    dir: &Path,
+    cfg: &ModelConfig,
+    expected: &[(String, Vec<i64>)],
+    location: &HashMap<String, (usize, Vec<i64>)>,
+) -> Result<(), Mismatch> {
     let mut mismatch = Mismatch { dir: dir.to_path_buf(), ..Default::default() };
-    for (name, shape) in &expected {
+    for (name, shape) in expected {
         match location.get(name) {
             None => mismatch.missing.push(name.clone()),
-            Some(&i) => {
-                let view = parsed[i].tensor(name).expect("name listed by the same file");
-                let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-                if &found != shape {
-                    mismatch.misshaped.push((name.clone(), shape.clone(), found));
-                }
-            }
+            Some((_, found)) if found != shape => mismatch.misshaped.push((name.clone(), shape.clone(), found.clone())),
+            Some(_) => {}
         }
     }
     let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let mut unexpected: Vec<String> =
+    mismatch.unexpected =
         location.keys().filter(|n| !expected_names.contains(n.as_str()) && !ignorable(n, cfg)).cloned().collect();
-    unexpected.sort();
-    mismatch.unexpected = unexpected;
-    if !mismatch.is_empty() {
-        return Err(mismatch.into());
+    mismatch.unexpected.sort();
+    if mismatch.is_empty() {
+        Ok(())
+    } else {
+        Err(mismatch)
     }
-
-    let mut weights = Weights::new();
-    for (name, _) in &expected {
-        let i = location[name];
-        let view = parsed[i].tensor(name).expect("validated above");
-        let host = tensor_from_view(&view).ok_or_else(|| ModelError::UnsupportedDtype {
-            path: files[i].clone(),
-            name: name.clone(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        debug_assert!(kind_of(view.dtype()).is_some());
-        weights.insert(name.clone(), host.to_device(device).to_kind(kind));
-    }
-    Ok(weights)
 }
