@@ -1,0 +1,241 @@
+//! Spawning, watching and stopping the ranks of one node.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+
+use crate::Args;
+
+/// How one rank ended.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub local_rank: usize,
+    pub rank: usize,
+    pub pid: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub time: SystemTime,
+    pub error_file: PathBuf,
+    pub stderr_log: Option<PathBuf>,
+}
+
+pub enum Outcome {
+    Succeeded,
+    /// Failures in the order they were observed; the first is the root cause.
+    Failed(Vec<Failure>),
+    Signalled(i32),
+}
+
+struct Worker {
+    local_rank: usize,
+    rank: usize,
+    child: Child,
+    error_file: PathBuf,
+    stderr_log: Option<PathBuf>,
+    done: bool,
+}
+
+pub struct Group {
+    workers: Vec<Worker>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn remember_signal(sig: libc::c_int) {
+    RECEIVED.store(sig, Ordering::SeqCst);
+}
+
+/// Signals the launcher forwards to its workers (which run in their own process groups and so do
+/// not see a terminal's Ctrl-C themselves).
+pub struct Signals;
+
+pub fn install_signal_forwarding() -> Result<Signals> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        let previous = unsafe { libc::signal(sig, remember_signal as *const () as libc::sighandler_t) };
+        if previous == libc::SIG_ERR {
+            anyhow::bail!("cannot install a handler for signal {sig}");
+        }
+    }
+    Ok(Signals)
+}
+
+impl Signals {
+    fn take(&self) -> Option<i32> {
+        match RECEIVED.swap(0, Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        }
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+pub fn new_run_id() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+fn stream_mode(mask: u8, bit: u8) -> bool {
+    mask & bit != 0
+}
+
+/// Copies a worker's stream into its log file and onto ours, each line prefixed with the rank.
+fn tee(mut source: impl Read + Send + 'static, mut file: File, rank: usize, to_stderr: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(&mut source);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+            let _ = file.write_all(&line);
+            let mut prefixed = format!("[{rank}]:").into_bytes();
+            prefixed.extend_from_slice(&line);
+            let _ =
+                if to_stderr { std::io::stderr().write_all(&prefixed) } else { std::io::stdout().write_all(&prefixed) };
+            line.clear();
+        }
+    })
+}
+
+impl Group {
+    pub fn start(args: &Args, run_id: &str, attempt: u32) -> Result<Self> {
+        let attempt_dir = match &args.log_dir {
+            Some(dir) => dir.join(run_id).join(format!("attempt_{attempt}")),
+            None => std::env::temp_dir().join(format!("fomaml-launch-{run_id}")).join(format!("attempt_{attempt}")),
+        };
+        let world_size = args.nproc * args.nnodes;
+        let mut group = Group { workers: Vec::new(), pumps: Vec::new() };
+        for local_rank in 0..args.nproc {
+            let rank = args.node_rank * args.nproc + local_rank;
+            let rank_dir = attempt_dir.join(local_rank.to_string());
+            fs::create_dir_all(&rank_dir).with_context(|| format!("cannot create {}", rank_dir.display()))?;
+            let error_file = rank_dir.join("error.json");
+            let _ = fs::remove_file(&error_file);
+
+            let mut cmd = Command::new(&args.command[0]);
+            cmd.args(&args.command[1..])
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", local_rank.to_string())
+                .env("GROUP_RANK", args.node_rank.to_string())
+                .env("ROLE_RANK", rank.to_string())
+                .env("ROLE_NAME", "default")
+                .env("WORLD_SIZE", world_size.to_string())
+                .env("LOCAL_WORLD_SIZE", args.nproc.to_string())
+                .env("GROUP_WORLD_SIZE", args.nnodes.to_string())
+                .env("ROLE_WORLD_SIZE", world_size.to_string())
+                .env("MASTER_ADDR", &args.master_addr)
+                .env("MASTER_PORT", args.master_port.to_string())
+                .env("TORCHELASTIC_RESTART_COUNT", attempt.to_string())
+                .env("TORCHELASTIC_MAX_RESTARTS", args.max_restarts.to_string())
+                .env("TORCHELASTIC_RUN_ID", run_id)
+                .env("TORCHELASTIC_ERROR_FILE", &error_file)
+                // Own process group: stopping a worker stops everything it started.
+                .process_group(0);
+            if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                // torchrun's default: N ranks each spawning one thread per core oversubscribe the node.
+                let threads = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / args.nproc).max(1);
+                cmd.env("OMP_NUM_THREADS", threads.to_string());
+            }
+            let log = |name: &str| rank_dir.join(name);
+            let want_file = |bit: u8| args.log_dir.is_some() && stream_mode(args.redirects | args.tee, bit);
+            for (bit, name) in [(1u8, "stdout.log"), (2u8, "stderr.log")] {
+                let stdio = if want_file(bit) && stream_mode(args.tee, bit) {
+                    Stdio::piped()
+                } else if want_file(bit) {
+                    Stdio::from(
+                        File::create(log(name)).with_context(|| format!("cannot create {}", log(name).display()))?,
+                    )
+                } else {
+                    Stdio::inherit()
+                };
+                if bit == 1 {
+                    cmd.stdout(stdio);
+                } else {
+                    cmd.stderr(stdio);
+                }
+            }
+            let mut child =
+                cmd.spawn().with_context(|| format!("cannot start `{}` for rank {rank}", args.command[0]))?;
+            if let Some(out) = child.stdout.take() {
+                group.pumps.push(tee(out, File::create(log("stdout.log"))?, rank, false));
+            }
+            if let Some(err) = child.stderr.take() {
+                group.pumps.push(tee(err, File::create(log("stderr.log"))?, rank, true));
+            }
+            let stderr_log = want_file(2).then(|| log("stderr.log"));
+            group.workers.push(Worker { local_rank, rank, child, error_file, stderr_log, done: false });
+        }
+        Ok(group)
+    }
+
+    /// Waits until every worker succeeded, one failed, or the launcher got a signal.
+    pub fn watch(&mut self, interval: Duration, signals: &Signals) -> Outcome {
+        loop {
+            if let Some(sig) = signals.take() {
+                self.signal_all(sig);
+                return Outcome::Signalled(sig);
+            }
+            let mut failures = Vec::new();
+            for w in self.workers.iter_mut().filter(|w| !w.done) {
+                if let Ok(Some(status)) = w.child.try_wait() {
+                    w.done = true;
+                    if !status.success() {
+                        failures.push(Failure {
+                            local_rank: w.local_rank,
+                            rank: w.rank,
+                            pid: w.child.id(),
+                            exit_code: status.code(),
+                            signal: status.signal(),
+                            time: SystemTime::now(),
+                            error_file: w.error_file.clone(),
+                            stderr_log: w.stderr_log.clone(),
+                        });
+                    }
+                }
+            }
+            if !failures.is_empty() {
+                return Outcome::Failed(failures);
+            }
+            if self.workers.iter().all(|w| w.done) {
+                return Outcome::Succeeded;
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
+    fn signal_all(&self, sig: i32) {
+        for w in self.workers.iter().filter(|w| !w.done) {
+            // SAFETY: kill(2) on the worker's own process group (negative pid).
+            unsafe { libc::kill(-(w.child.id() as i32), sig) };
+        }
+    }
+
+    /// SIGTERM to every live worker's process group, SIGKILL after `grace`, then reap them all.
+    pub fn stop(&mut self, grace: Duration) {
+        self.signal_all(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && self.workers.iter_mut().any(|w| !w.done && !matches!(w.child.try_wait(), Ok(Some(_))))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_all(libc::SIGKILL);
+        for w in &mut self.workers {
+            let _ = w.child.wait();
+            w.done = true;
+        }
+        for pump in self.pumps.drain(..) {
+            let _ = pump.join();
+        }
+    }
+}
