@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{copy_fixture, expected, fixture, relative_error};
@@ -145,6 +144,6 @@ fn doctor_reports_this_machine() {
 fn the_binary_finds_libtorch_without_ld_library_path() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_fomaml")).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
+    // Without build.rs's rpath the dynamic loader fails before main and this exits 127.
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(Path::new(env!("CARGO_BIN_EXE_fomaml")).exists());
 }

@@ -76,7 +76,9 @@ impl Args {
         if (self.redirects | self.tee) != 0 && self.log_dir.is_none() {
             bail!("--redirects and --tee write to per-rank log files: give --log-dir");
         }
-        if !(self.monitor_interval > 0.0) || !(self.stop_grace >= 0.0) {
+        let interval_ok = self.monitor_interval.is_finite() && self.monitor_interval > 0.0;
+        let grace_ok = self.stop_grace.is_finite() && self.stop_grace >= 0.0;
+        if !interval_ok || !grace_ok {
             bail!("--monitor-interval must be positive and --stop-grace non-negative");
         }
         if self.standalone {
