@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release --quiet --bin fomaml
-bin=target/release/fomaml
+# The dev profile (dependencies at opt-level 2) shares its build with `make test`: a release build
+# would compile libtorch's C++ wrapper a second time.
+cargo build --quiet --bin fomaml
+bin=target/debug/fomaml
 echo "== fomaml doctor"
 "$bin" doctor
 echo
