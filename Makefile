@@ -19,3 +19,4 @@ doctor:
 # Regenerates tests/fixtures/golden with the pinned transformers (not part of `make test`).
 golden:
 	FOMAML_EXTRA_PIP="transformers==5.23.0" $(ENV) python tests/golden/make_golden.py
+	FOMAML_EXTRA_PIP="transformers==5.23.0" $(ENV) python tests/golden/make_tokenizer_golden.py

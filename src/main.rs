@@ -17,6 +17,8 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// Run a model on token ids and write its logits to a safetensors file.
     Logits(cli::logits::LogitsArgs),
+    /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
+    Encode(cli::encode::EncodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Logits(args) => cli::logits::run(args),
+        Command::Encode(args) => cli::encode::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

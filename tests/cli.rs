@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{copy_fixture, expected, fixture, relative_error};
@@ -146,4 +147,40 @@ fn the_binary_finds_libtorch_without_ld_library_path() {
         Command::new(env!("CARGO_BIN_EXE_fomaml")).arg("--version").env_remove("LD_LIBRARY_PATH").output().unwrap();
     // Without build.rs's rpath the dynamic loader fails before main and this exits 127.
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn encode_prints_what_transformers_encodes() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers/qwen3");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("expected.json")).unwrap()).unwrap();
+    // The first case rendered with enable_thinking=false.
+    let case = want["cases"].as_array().unwrap().iter().find(|c| c["chat_vars"]["enable_thinking"] == false).unwrap();
+    let out = fomaml(&[
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--response",
+        case["response"].as_str().unwrap(),
+        "--chat-var",
+        "enable_thinking=false",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["input_ids"], case["expected"]["input_ids"]);
+    assert_eq!(got["loss_mask"], case["expected"]["loss_mask"]);
+}
+
+#[test]
+fn encode_errors_are_one_line() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers/qwen2.5");
+    let m = model.to_str().unwrap();
+    let out = fomaml(&["encode", "--model", m, "--prompt", "a long prompt", "--response", "b", "--max-length", "3"]);
+    assert_one_line_error(&out, &["over max_length 3", "truncation: error"]);
+    let out = fomaml(&["encode", "--model", "/no/such/dir", "--prompt", "a", "--response", "b"]);
+    assert_one_line_error(&out, &["/no/such/dir", "does not exist"]);
+    let out = fomaml(&["encode", "--model", m, "--prompt", "a", "--response", "b", "--chat-var", "novalue"]);
+    assert_one_line_error(&out, &["--chat-var `novalue`", "KEY=VALUE"]);
 }
