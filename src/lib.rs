@@ -4,6 +4,7 @@
 //! and their loss; `dist` the communication across ranks; `cli` the subcommands.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod dist;
 pub mod fsutil;

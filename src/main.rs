@@ -17,6 +17,9 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// Run a model on token ids and write its logits to a safetensors file.
     Logits(cli::logits::LogitsArgs),
+    /// Inspect configuration files.
+    #[command(subcommand)]
+    Config(cli::config_show::ConfigCommand),
     /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
     Encode(cli::encode::EncodeArgs),
 }
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Logits(args) => cli::logits::run(args),
         Command::Encode(args) => cli::encode::run(args),
+        Command::Config(command) => cli::config_show::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -184,3 +184,22 @@ fn encode_errors_are_one_line() {
     let out = fomaml(&["encode", "--model", m, "--prompt", "a", "--response", "b", "--chat-var", "novalue"]);
     assert_one_line_error(&out, &["--chat-var `novalue`", "KEY=VALUE"]);
 }
+
+#[test]
+fn config_show_resolves_the_shipped_configs_and_names_bad_keys() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(root.join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = fomaml(&["config", "show", "--config", path.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let cfg = root.join("configs/qwen3_4b_math.yaml");
+    let out = fomaml(&["config", "show", "--config", cfg.to_str().unwrap(), "meta.inner_lr=2e-4"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inner_lr: 0.0002"));
+    let out = fomaml(&["config", "show", "--config", cfg.to_str().unwrap(), "meta.innr_lr=2e-4"]);
+    assert_one_line_error(&out, &["meta.innr_lr", "did you mean `meta.inner_lr`"]);
+    let out = fomaml(&["config", "show", "--config", "/no/such.yaml"]);
+    assert_one_line_error(&out, &["/no/such.yaml"]);
+}

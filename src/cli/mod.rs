@@ -1,6 +1,7 @@
 //! The `fomaml` subcommands. Each takes its clap args and returns `anyhow::Result`; `main` prints
 //! the error chain on one line and exits non-zero.
 
+pub mod config_show;
 pub mod doctor;
 pub mod encode;
 pub mod logits;

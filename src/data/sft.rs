@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use super::tokenizer::{ChatTokenizer, TokenizerError};
 
 /// What to do with an example longer than `max_length` (verl's `truncation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Truncation {
     /// Refuse it.

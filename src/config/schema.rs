@@ -1,0 +1,269 @@
+//! The configuration, in the seeds' YAML layout: `model`, `data`, `meta`, `optim`, `trainer`,
+//! `checkpoint`. Every field has a default, so a config file names only what it changes; keys the
+//! Python/verl trainer reads that have no meaning here (FSDP wrap classes, attention backends) are
+//! accepted so its files run unchanged apart from paths.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::data::Truncation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    Fomaml,
+    Maml,
+    Reptile,
+    MetaLora,
+    Sft,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerType {
+    AdamW,
+    #[serde(rename = "SGD")]
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduler {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeMode {
+    /// The newest complete checkpoint under the run directory, if there is one.
+    Auto,
+    Disable,
+    /// The checkpoint at `checkpoint.resume_path`.
+    ResumePath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    Skip,
+    Abort,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub meta: MetaSection,
+    pub optim: OptimSection,
+    pub trainer: TrainerSection,
+    pub checkpoint: CheckpointSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelSection {
+    /// Hugging Face model directory to start from (verl's name for it).
+    pub partial_pretrain: String,
+    /// Compute dtype: bf16 or f32. Master weights and optimizer state are always fp32.
+    pub dtype: String,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// "all-linear" or a list of module names (q_proj, k_proj, ...).
+    pub target_modules: Json,
+    pub enable_gradient_checkpointing: bool,
+    /// Accepted for compatibility; fomaml always uses libtorch's SDPA.
+    pub attn_implementation: Option<String>,
+    pub trust_remote_code: bool,
+    pub use_liger: bool,
+    pub external_lib: Option<String>,
+    pub fsdp_config: FsdpSection,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            partial_pretrain: String::new(),
+            dtype: "bf16".into(),
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: Json::String("all-linear".into()),
+            enable_gradient_checkpointing: false,
+            attn_implementation: None,
+            trust_remote_code: false,
+            use_liger: false,
+            external_lib: None,
+            fsdp_config: FsdpSection::default(),
+        }
+    }
+}
+
+/// verl's FSDP settings. fomaml's sharding units are fixed (embeddings, each layer, norm + head),
+/// so these are accepted and not used.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FsdpSection {
+    pub transformer_layer_cls_to_wrap: Option<Json>,
+    pub wrap_policy: Option<Json>,
+    pub cpu_offload: bool,
+    pub offload_params: bool,
+    pub model_dtype: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataSection {
+    pub prompt_key: String,
+    pub response_key: String,
+    pub max_length: usize,
+    pub truncation: Truncation,
+    /// Use at most this many rows of each task's support / query files (all when unset).
+    pub support_max_samples: Option<usize>,
+    pub query_max_samples: Option<usize>,
+    /// Extra chat-template variables, e.g. {enable_thinking: false}.
+    pub chat_template_vars: Map<String, Json>,
+    pub micro_batch_size_per_gpu: Option<usize>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            prompt_key: "prompt".into(),
+            response_key: "response".into(),
+            max_length: 1024,
+            truncation: Truncation::Error,
+            support_max_samples: None,
+            query_max_samples: None,
+            chat_template_vars: Map::new(),
+            micro_batch_size_per_gpu: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetaSection {
+    pub algorithm: Algorithm,
+    /// The seeds' switch; `false` with algorithm fomaml means second-order maml.
+    pub use_fomaml: bool,
+    pub inner_lr: f64,
+    pub num_inner_steps: usize,
+    pub inner_batch_size: usize,
+    /// The meta (outer) learning rate.
+    pub outer_lr: f64,
+    pub meta_batch_size: usize,
+    pub query_batch_size: usize,
+    /// A fresh support batch for every inner step (false: one batch reused for all K steps).
+    pub fresh_support_batch_per_step: bool,
+    pub tasks: Vec<TaskSection>,
+    /// Held-out tasks for few-shot evaluation.
+    pub eval_tasks: Vec<TaskSection>,
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Fomaml,
+            use_fomaml: true,
+            inner_lr: 1e-4,
+            num_inner_steps: 5,
+            inner_batch_size: 4,
+            outer_lr: 3e-5,
+            meta_batch_size: 4,
+            query_batch_size: 4,
+            fresh_support_batch_per_step: true,
+            tasks: Vec::new(),
+            eval_tasks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskSection {
+    pub name: String,
+    pub support_files: Vec<String>,
+    pub query_files: Vec<String>,
+    pub test_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimSection {
+    pub optimizer_type: OptimizerType,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub clip_grad: f64,
+    pub lr_scheduler: LrScheduler,
+    pub warmup_steps_ratio: f64,
+    pub min_lr_ratio: f64,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            optimizer_type: OptimizerType::AdamW,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            clip_grad: 1.0,
+            lr_scheduler: LrScheduler::Cosine,
+            warmup_steps_ratio: 0.1,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainerSection {
+    pub total_steps: usize,
+    pub seed: u64,
+    /// Evaluate every this many meta-steps (0: never).
+    pub test_freq: usize,
+    /// console, jsonl, tensorboard.
+    pub logger: Vec<String>,
+    pub project_name: String,
+    pub experiment_name: String,
+    pub default_local_dir: String,
+    /// auto, cpu, cuda or cuda:N.
+    pub device: String,
+    /// What a NaN/Inf loss or gradient does: skip the step, or abort the run.
+    pub nan_policy: NanPolicy,
+}
+
+impl Default for TrainerSection {
+    fn default() -> Self {
+        Self {
+            total_steps: 1000,
+            seed: 42,
+            test_freq: 100,
+            logger: vec!["console".into(), "jsonl".into()],
+            project_name: "fomaml".into(),
+            experiment_name: "run".into(),
+            default_local_dir: "runs".into(),
+            device: "auto".into(),
+            nan_policy: NanPolicy::Abort,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckpointSection {
+    /// Save every this many meta-steps (0: only at the end).
+    pub save_freq: usize,
+    pub max_ckpt_to_keep: Option<usize>,
+    pub resume_mode: ResumeMode,
+    pub resume_path: Option<String>,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self { save_freq: 500, max_ckpt_to_keep: Some(3), resume_mode: ResumeMode::Auto, resume_path: None }
+    }
+}
