@@ -1,7 +1,10 @@
-//! From text to training batches: tokenizer and chat template, SFT example encoding.
+//! From files to training batches: task files, tokenizer and chat template, SFT example encoding,
+//! and the resumable per-task samplers.
 
 pub mod chat_template;
+pub mod sampler;
 pub mod sft;
+pub mod task_files;
 pub mod tokenizer;
 
 pub use sft::{encode_example, EncodedExample, Truncation};
