@@ -17,6 +17,9 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// Run a model on token ids and write its logits to a safetensors file.
     Logits(cli::logits::LogitsArgs),
+    /// Turn raw datasets into per-task support / query / test files and a config template.
+    #[command(subcommand)]
+    PrepareData(cli::prepare_data::PrepareCommand),
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(cli::config_show::ConfigCommand),
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => cli::logits::run(args),
         Command::Encode(args) => cli::encode::run(args),
         Command::Config(command) => cli::config_show::run(command),
+        Command::PrepareData(command) => cli::prepare_data::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod config_show;
 pub mod doctor;
 pub mod encode;
 pub mod logits;
+pub mod prepare_data;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind};

@@ -165,3 +165,34 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Object(_) => "an object",
     }
 }
+
+/// Writes examples as parquet with `prompt` and `response` columns plus any extra string
+/// columns (e.g. level), snappy-compressed.
+pub fn write_parquet(path: &Path, examples: &[Example], extra: &[(&str, Vec<String>)]) -> Result<(), TaskFileError> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, StringArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+
+    let io = |e: parquet::errors::ParquetError| TaskFileError::BadParquet {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("prompt", Arc::new(StringArray::from_iter_values(examples.iter().map(|e| e.prompt.as_str())))),
+        ("response", Arc::new(StringArray::from_iter_values(examples.iter().map(|e| e.response.as_str())))),
+    ];
+    for (name, values) in extra {
+        columns.push((name, Arc::new(StringArray::from_iter_values(values.iter()))));
+    }
+    let batch = RecordBatch::try_from_iter(columns)
+        .map_err(|e| TaskFileError::BadParquet { path: path.to_path_buf(), reason: e.to_string() })?;
+    let file = File::create(path).map_err(|source| TaskFileError::Io { path: path.to_path_buf(), source })?;
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(io)?;
+    writer.write(&batch).map_err(io)?;
+    writer.close().map_err(io)?;
+    Ok(())
+}

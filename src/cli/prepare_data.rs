@@ -1,0 +1,116 @@
+//! `fomaml prepare-data`: turn raw datasets into per-task support / query / test files and a
+//! config template that lists them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::schema::TaskSection;
+use crate::config::Config;
+use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, DEFAULT_INSTRUCTION};
+use crate::data::task_files::{write_parquet, Example};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PrepareCommand {
+    /// MATH (Hendrycks et al.): one task per subject, level-stratified support / query / test.
+    Math(MathArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MathArgs {
+    /// The MATH tree (<root>/{train,test}/<subject>/*.json) or a .jsonl / .parquet file with
+    /// columns problem, solution, type, level.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Output directory: <out>/<task>/{support,query,test}.parquet and <out>/config.yaml.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of each subject (per level) for support; query takes --query-ratio, test the rest.
+    #[arg(long, default_value_t = 0.3)]
+    pub support_ratio: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub query_ratio: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Cap on problems per subject (levels keep their proportions).
+    #[arg(long)]
+    pub max_samples_per_task: Option<usize>,
+    /// Appended to each problem to form the prompt ("" for none).
+    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(command: &PrepareCommand) -> Result<()> {
+    match command {
+        PrepareCommand::Math(args) => math(args),
+    }
+}
+
+/// Builds the output in a temp directory beside `out` and renames it into place at the end, so a
+/// failure leaves nothing behind and an existing output is replaced whole or not at all.
+fn write_output(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists; pass --force to replace it", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().with_context(|| format!("{} is not a directory path", out.display()))?;
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move the output into {}", out.display()))
+}
+
+fn math(args: &MathArgs) -> Result<()> {
+    let problems = read_problems(&args.source)?;
+    let opts = SplitOptions {
+        support_ratio: args.support_ratio,
+        query_ratio: args.query_ratio,
+        seed: args.seed,
+        max_samples_per_task: args.max_samples_per_task,
+        instruction: args.instruction.clone(),
+    };
+    let count = problems.len();
+    let tasks = split_by_subject(problems, &opts)?;
+    write_output(&args.out, args.force, |dir| {
+        let mut config = Config::default();
+        println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
+        for (name, splits) in &tasks {
+            let task_dir = dir.join(name);
+            std::fs::create_dir(&task_dir)?;
+            let mut section = TaskSection { name: name.clone(), ..Default::default() };
+            for (split, items, files) in [
+                ("support", &splits.support, &mut section.support_files),
+                ("query", &splits.query, &mut section.query_files),
+                ("test", &splits.test, &mut section.test_files),
+            ] {
+                let examples: Vec<Example> = items.iter().map(|(e, _)| e.clone()).collect();
+                let levels: Vec<String> = items.iter().map(|(_, l)| l.clone()).collect();
+                write_parquet(&task_dir.join(format!("{split}.parquet")), &examples, &[("level", levels)])?;
+                files.push(args.out.join(name).join(format!("{split}.parquet")).display().to_string());
+            }
+            println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
+            config.meta.tasks.push(section);
+        }
+        let header = format!(
+            "# Made by `fomaml prepare-data math` from {} ({count} problems, seed {}).\n# Set model.partial_pretrain, then: fomaml train --config {}\n",
+            args.source.display(),
+            args.seed,
+            args.out.join("config.yaml").display()
+        );
+        std::fs::write(dir.join("config.yaml"), header + &config.to_yaml())?;
+        Ok(())
+    })?;
+    println!("{} tasks from {count} problems -> {}", tasks.len(), args.out.display());
+    Ok(())
+}

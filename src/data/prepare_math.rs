@@ -1,0 +1,185 @@
+//! The MATH benchmark as meta-learning tasks: one task per subject, each split into support /
+//! query / test, stratified by difficulty level, reproducibly from a seed.
+//!
+//! Input: the original tree `<root>/{train,test}/<subject>/*.json` (both parts pooled), or one
+//! jsonl / parquet file with columns problem, solution, type, level.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::sampler::{stable_hash, SplitMix64};
+use super::task_files::{Example, TaskFileError};
+
+/// verl's MATH prompt suffix.
+pub const DEFAULT_INSTRUCTION: &str = "Let's think step by step and output the final answer within \\boxed{}.";
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub problem: String,
+    pub solution: String,
+    /// "Algebra", "Counting & Probability", ...
+    pub subject: String,
+    /// "Level 3" (MATH also has "Level ?").
+    pub level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{0} does not exist")]
+    NoSource(PathBuf),
+    #[error("{path}: {reason}")]
+    BadRecord { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] TaskFileError),
+    #[error("{0}: no MATH problems found (expected <root>/train/<subject>/*.json, or a .jsonl / .parquet file)")]
+    NothingFound(PathBuf),
+    #[error(
+        "ratios must be positive with support + query < 1 (the rest is test): got support {support}, query {query}"
+    )]
+    BadRatios { support: f64, query: f64 },
+}
+
+/// `Counting & Probability` -> `counting_and_probability`.
+pub fn task_name(subject: &str) -> String {
+    let words: Vec<String> = subject
+        .replace('&', " and ")
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    words.join("_")
+}
+
+fn field(value: &serde_json::Value, key: &str, path: &Path, line: Option<usize>) -> Result<String, PrepareError> {
+    let place = match line {
+        Some(l) => PathBuf::from(format!("{}:{l}", path.display())),
+        None => path.to_path_buf(),
+    };
+    value
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| PrepareError::BadRecord { path: place, reason: format!("no string field `{key}`") })
+}
+
+fn problem_from_json(value: &serde_json::Value, path: &Path, line: Option<usize>) -> Result<Problem, PrepareError> {
+    Ok(Problem {
+        problem: field(value, "problem", path, line)?,
+        solution: field(value, "solution", path, line)?,
+        subject: field(value, "type", path, line)?,
+        level: field(value, "level", path, line)?,
+    })
+}
+
+/// Reads every problem under `source`.
+pub fn read_problems(source: &Path) -> Result<Vec<Problem>, PrepareError> {
+    if !source.exists() {
+        return Err(PrepareError::NoSource(source.to_path_buf()));
+    }
+    let mut problems = Vec::new();
+    if source.is_dir() {
+        let mut files = Vec::new();
+        for part in ["train", "test"] {
+            let Ok(subjects) = std::fs::read_dir(source.join(part)) else { continue };
+            for subject in subjects.flatten().filter(|e| e.path().is_dir()) {
+                for file in std::fs::read_dir(subject.path()).into_iter().flatten().flatten() {
+                    if file.path().extension().is_some_and(|e| e == "json") {
+                        files.push(file.path());
+                    }
+                }
+            }
+        }
+        files.sort();
+        for path in files {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| TaskFileError::Io { path: path.clone(), source: e })?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| PrepareError::BadRecord { path: path.clone(), reason: format!("not JSON: {e}") })?;
+            problems.push(problem_from_json(&value, &path, None)?);
+        }
+    } else if source.extension().is_some_and(|e| e == "jsonl") {
+        let text = std::fs::read_to_string(source).map_err(|e| TaskFileError::Io { path: source.into(), source: e })?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| PrepareError::BadRecord {
+                path: PathBuf::from(format!("{}:{}", source.display(), i + 1)),
+                reason: format!("not JSON: {e}"),
+            })?;
+            problems.push(problem_from_json(&value, source, Some(i + 1))?);
+        }
+    } else {
+        use super::task_files::{read_file, Columns};
+        // Read problem/solution as the pair, then type/level as a second pair.
+        let pairs = read_file(source, &Columns { prompt: "problem".into(), response: "solution".into() }, None)?;
+        let meta = read_file(source, &Columns { prompt: "type".into(), response: "level".into() }, None)?;
+        problems.extend(pairs.into_iter().zip(meta).map(|(p, m)| Problem {
+            problem: p.prompt,
+            solution: p.response,
+            subject: m.prompt,
+            level: m.response,
+        }));
+    }
+    if problems.is_empty() {
+        return Err(PrepareError::NothingFound(source.to_path_buf()));
+    }
+    Ok(problems)
+}
+
+#[derive(Debug, Clone)]
+pub struct SplitOptions {
+    pub support_ratio: f64,
+    pub query_ratio: f64,
+    pub seed: u64,
+    pub max_samples_per_task: Option<usize>,
+    pub instruction: String,
+}
+
+/// One task's three splits; each example keeps its level.
+#[derive(Debug, Default)]
+pub struct TaskSplits {
+    pub support: Vec<(Example, String)>,
+    pub query: Vec<(Example, String)>,
+    pub test: Vec<(Example, String)>,
+}
+
+/// Groups problems by subject and splits each subject level by level.
+pub fn split_by_subject(
+    problems: Vec<Problem>,
+    opts: &SplitOptions,
+) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
+    let (s, q) = (opts.support_ratio, opts.query_ratio);
+    if !(s > 0.0 && q > 0.0 && s + q < 1.0) {
+        return Err(PrepareError::BadRatios { support: s, query: q });
+    }
+    let mut by_task: BTreeMap<String, BTreeMap<String, Vec<Problem>>> = BTreeMap::new();
+    for p in problems {
+        by_task.entry(task_name(&p.subject)).or_default().entry(p.level.clone()).or_default().push(p);
+    }
+    let mut out = BTreeMap::new();
+    for (task, mut levels) in by_task {
+        let total: usize = levels.values().map(Vec::len).sum();
+        let keep = opts.max_samples_per_task.map_or(1.0, |m| (m as f64 / total as f64).min(1.0));
+        let mut splits = TaskSplits::default();
+        for (level, group) in levels.iter_mut() {
+            SplitMix64::new(opts.seed ^ stable_hash(&format!("{task}/{level}"))).shuffle(group);
+            // Each level keeps its share of the cap, so the cap does not change the level mix.
+            group.truncate(((group.len() as f64) * keep).round() as usize);
+            let n = group.len() as f64;
+            let (n_support, n_query) = ((n * s).round() as usize, (n * q).round() as usize);
+            for (i, p) in group.iter().enumerate() {
+                let prompt = if opts.instruction.is_empty() {
+                    p.problem.clone()
+                } else {
+                    format!("{} {}", p.problem, opts.instruction)
+                };
+                let item = (Example { prompt, response: p.solution.clone() }, level.clone());
+                match i {
+                    i if i < n_support => splits.support.push(item),
+                    i if i < n_support + n_query => splits.query.push(item),
+                    _ => splits.test.push(item),
+                }
+            }
+        }
+        out.insert(task, splits);
+    }
+    Ok(out)
+}

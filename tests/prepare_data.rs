@@ -1,0 +1,183 @@
+//! `fomaml prepare-data math` on a small tree in the original MATH layout.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use fomaml::config::Config;
+use fomaml::data::task_files::{read_file, Columns};
+
+fn fomaml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fomaml")).args(args).output().expect("run fomaml")
+}
+
+/// 2 subjects x 3 levels x 10 problems, split across train/ and test/ like the original.
+fn math_tree(root: &Path) {
+    for (dir, subject) in [("algebra", "Algebra"), ("counting_and_probability", "Counting & Probability")] {
+        for level in 1..=3 {
+            for i in 0..10 {
+                let part = if i % 3 == 0 { "test" } else { "train" };
+                let d = root.join(part).join(dir);
+                std::fs::create_dir_all(&d).unwrap();
+                let record = serde_json::json!({
+                    "problem": format!("{subject} L{level} #{i}: what is {i}+{level}?"),
+                    "level": format!("Level {level}"),
+                    "type": subject,
+                    "solution": format!("It is $\\boxed{{{}}}$.", i + level),
+                });
+                std::fs::write(d.join(format!("{level}{i}.json")), record.to_string()).unwrap();
+            }
+        }
+    }
+}
+
+fn cols() -> Columns {
+    Columns { prompt: "prompt".into(), response: "response".into() }
+}
+
+#[test]
+fn math_tree_becomes_stratified_tasks_and_a_loadable_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    math_tree(&tmp.path().join("MATH"));
+    let out = tmp.path().join("out");
+    let run = fomaml(&[
+        "prepare-data",
+        "math",
+        "--source",
+        tmp.path().join("MATH").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--support-ratio",
+        "0.3",
+        "--query-ratio",
+        "0.4",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("counting_and_probability") && summary.contains("2 tasks from 60 problems"), "{summary}");
+
+    for task in ["algebra", "counting_and_probability"] {
+        let read = |split: &str| read_file(&out.join(task).join(format!("{split}.parquet")), &cols(), None).unwrap();
+        let (support, query, test) = (read("support"), read("query"), read("test"));
+        // 10 per level: 3 support, 4 query, 3 test, in each of the 3 levels.
+        assert_eq!((support.len(), query.len(), test.len()), (9, 12, 9), "{task}");
+        let levels = read_file(
+            &out.join(task).join("support.parquet"),
+            &Columns { prompt: "level".into(), response: "level".into() },
+            None,
+        )
+        .unwrap();
+        for level in 1..=3 {
+            assert_eq!(
+                levels.iter().filter(|e| e.prompt == format!("Level {level}")).count(),
+                3,
+                "{task} level {level}"
+            );
+        }
+        let prompts: Vec<BTreeSet<String>> =
+            [&support, &query, &test].iter().map(|s| s.iter().map(|e| e.prompt.clone()).collect()).collect();
+        assert!(
+            prompts[0].is_disjoint(&prompts[1])
+                && prompts[1].is_disjoint(&prompts[2])
+                && prompts[0].is_disjoint(&prompts[2])
+        );
+        assert!(support[0].prompt.ends_with("within \\boxed{}.") && support[0].response.contains("\\boxed{"));
+    }
+    let config = Config::load(&out.join("config.yaml"), &[]).unwrap();
+    let names: Vec<&str> = config.meta.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["algebra", "counting_and_probability"]);
+    assert!(Path::new(&config.meta.tasks[0].support_files[0]).exists());
+}
+
+#[test]
+fn the_split_depends_only_on_the_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    math_tree(&tmp.path().join("MATH"));
+    let src = tmp.path().join("MATH");
+    let prompts = |out: &str, seed: &str| {
+        let out = tmp.path().join(out);
+        let run = fomaml(&[
+            "prepare-data",
+            "math",
+            "--source",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            seed,
+        ]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        read_file(&out.join("algebra/support.parquet"), &cols(), None).unwrap()
+    };
+    assert_eq!(prompts("a", "1"), prompts("b", "1"));
+    assert_ne!(prompts("c", "1"), prompts("d", "2"));
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+
+    let run = fomaml(&["prepare-data", "math", "--source", "/no/such/MATH", "--out", o]);
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("/no/such/MATH does not exist"));
+
+    let src = tmp.path().join("MATH");
+    math_tree(&src);
+    let broken = src.join("train/algebra/broken.json");
+    std::fs::write(&broken, r#"{"problem": "p", "level": "Level 1", "type": "Algebra"}"#).unwrap();
+    let run = fomaml(&["prepare-data", "math", "--source", src.to_str().unwrap(), "--out", o]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("broken.json") && err.contains("`solution`"), "{err}");
+    std::fs::remove_file(&broken).unwrap();
+
+    let run = fomaml(&[
+        "prepare-data",
+        "math",
+        "--source",
+        src.to_str().unwrap(),
+        "--out",
+        o,
+        "--support-ratio",
+        "0.7",
+        "--query-ratio",
+        "0.5",
+    ]);
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("support + query < 1"));
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("MATH")], "nothing half-written may remain");
+
+    assert!(fomaml(&["prepare-data", "math", "--source", src.to_str().unwrap(), "--out", o]).status.success());
+    let run = fomaml(&["prepare-data", "math", "--source", src.to_str().unwrap(), "--out", o]);
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("--force"));
+    assert!(fomaml(&["prepare-data", "math", "--source", src.to_str().unwrap(), "--out", o, "--force"])
+        .status
+        .success());
+}
+
+#[test]
+fn a_jsonl_source_works_like_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("math.jsonl");
+    let lines: Vec<String> = (0..20)
+        .map(|i| serde_json::json!({"problem": format!("p{i}"), "solution": "\\boxed{1}", "type": "Number Theory", "level": "Level 2"}).to_string())
+        .collect();
+    std::fs::write(&src, lines.join("\n")).unwrap();
+    let out = tmp.path().join("out");
+    let run = fomaml(&[
+        "prepare-data",
+        "math",
+        "--source",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-samples-per-task",
+        "10",
+        "--instruction",
+        "",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let support = read_file(&out.join("number_theory/support.parquet"), &cols(), None).unwrap();
+    assert_eq!(support.len(), 3);
+    assert!(support[0].prompt.starts_with('p') && !support[0].prompt.contains("boxed"));
+}
