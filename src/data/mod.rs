@@ -2,6 +2,7 @@
 //! and the resumable per-task samplers.
 
 pub mod chat_template;
+pub mod prepare_gsm;
 pub mod prepare_math;
 pub mod sampler;
 pub mod sft;

