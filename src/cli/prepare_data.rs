@@ -37,15 +37,8 @@ pub struct GsmArgs {
     /// Language codes to keep, comma separated (e.g. eng,fra,zho); all when omitted.
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<String>,
-    #[arg(long, default_value_t = 0.3)]
-    pub support_ratio: f64,
-    #[arg(long, default_value_t = 0.4)]
-    pub query_ratio: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Replace --out if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub split: SplitArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,19 +50,26 @@ pub struct MathArgs {
     /// Output directory: <out>/<task>/{support,query,test}.parquet and <out>/config.yaml.
     #[arg(long)]
     pub out: PathBuf,
-    /// Share of each subject (per level) for support; query takes --query-ratio, test the rest.
-    #[arg(long, default_value_t = 0.3)]
-    pub support_ratio: f64,
-    #[arg(long, default_value_t = 0.4)]
-    pub query_ratio: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Cap on problems per subject (levels keep their proportions).
     #[arg(long)]
     pub max_samples_per_task: Option<usize>,
     /// Appended to each problem to form the prompt ("" for none).
     #[arg(long, default_value = DEFAULT_INSTRUCTION)]
     pub instruction: String,
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
+/// How every prepare command splits a task and writes its output.
+#[derive(Debug, clap::Args)]
+pub struct SplitArgs {
+    /// Share of each task (per level for MATH) for support; query takes --query-ratio, test the rest.
+    #[arg(long, default_value_t = 0.3)]
+    pub support_ratio: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub query_ratio: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
@@ -107,17 +107,20 @@ fn write_output(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>)
 fn math(args: &MathArgs) -> Result<()> {
     let problems = read_problems(&args.source)?;
     let opts = SplitOptions {
-        support_ratio: args.support_ratio,
-        query_ratio: args.query_ratio,
-        seed: args.seed,
+        support_ratio: args.split.support_ratio,
+        query_ratio: args.split.query_ratio,
+        seed: args.split.seed,
         max_samples_per_task: args.max_samples_per_task,
         instruction: args.instruction.clone(),
     };
     let count = problems.len();
     let tasks = split_by_subject(problems, &opts)?;
-    let origin =
-        format!("`fomaml prepare-data math` from {} ({count} problems, seed {})", args.source.display(), args.seed);
-    write_output(&args.out, args.force, |dir| write_tasks(dir, &args.out, &tasks, "level", &origin))?;
+    let origin = format!(
+        "`fomaml prepare-data math` from {} ({count} problems, seed {})",
+        args.source.display(),
+        args.split.seed
+    );
+    write_output(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, "level", &origin))?;
     println!("{} tasks from {count} problems -> {}", tasks.len(), args.out.display());
     Ok(())
 }
@@ -161,14 +164,20 @@ fn write_tasks(
 fn gsm(args: &GsmArgs) -> Result<()> {
     let (items, ignored) = prepare_gsm::read_items(&args.source, &args.languages)?;
     let count = items.len();
-    let tasks = prepare_gsm::split_tasks(items, args.task_by, args.support_ratio, args.query_ratio, args.seed)?;
+    let tasks = prepare_gsm::split_tasks(
+        items,
+        args.task_by,
+        args.split.support_ratio,
+        args.split.query_ratio,
+        args.split.seed,
+    )?;
     let tag = if args.task_by == TaskBy::Language { "problem_id" } else { "language" };
     let origin = format!(
         "`fomaml prepare-data gsm-symbolic` from {} ({count} items, seed {})",
         args.source.display(),
-        args.seed
+        args.split.seed
     );
-    write_output(&args.out, args.force, |dir| write_tasks(dir, &args.out, &tasks, tag, &origin))?;
+    write_output(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, tag, &origin))?;
     println!(
         "{} tasks from {count} items ({ignored} marked `ignore` by the package left out) -> {}",
         tasks.len(),

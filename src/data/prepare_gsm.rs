@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::prepare_math::{PrepareError, TaskSplits};
+use super::prepare_math::{check_ratios, PrepareError, TaskSplits};
 use super::sampler::{stable_hash, SplitMix64};
 use super::task_files::Example;
 
@@ -164,9 +164,7 @@ pub fn split_tasks(
     query: f64,
     seed: u64,
 ) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
-    if !(support > 0.0 && query > 0.0 && support + query < 1.0) {
-        return Err(PrepareError::BadRatios { support, query });
-    }
+    check_ratios(support, query)?;
     let mut groups: BTreeMap<String, Vec<GsmItem>> = BTreeMap::new();
     for item in items {
         let key = match by {
@@ -178,21 +176,18 @@ pub fn split_tasks(
     let mut out = BTreeMap::new();
     for (task, mut group) in groups {
         SplitMix64::new(seed ^ stable_hash(&task)).shuffle(&mut group);
-        let n = group.len() as f64;
-        let (n_support, n_query) = ((n * support).round() as usize, (n * query).round() as usize);
+        let items = group
+            .into_iter()
+            .map(|item| {
+                let tag = match by {
+                    TaskBy::Language => item.problem_id,
+                    TaskBy::Problem => item.language,
+                };
+                (item.example, tag)
+            })
+            .collect();
         let mut splits = TaskSplits::default();
-        for (i, item) in group.into_iter().enumerate() {
-            let tag = match by {
-                TaskBy::Language => item.problem_id,
-                TaskBy::Problem => item.language,
-            };
-            let entry = (item.example, tag);
-            match i {
-                i if i < n_support => splits.support.push(entry),
-                i if i < n_support + n_query => splits.query.push(entry),
-                _ => splits.test.push(entry),
-            }
-        }
+        splits.add_by_ratio(items, support, query);
         out.insert(task, splits);
     }
     Ok(out)

@@ -133,7 +133,7 @@ pub struct SplitOptions {
     pub instruction: String,
 }
 
-/// One task's three splits; each example keeps its level.
+/// One task's three splits; each example keeps a tag (its level, language or problem id).
 #[derive(Debug, Default)]
 pub struct TaskSplits {
     pub support: Vec<(Example, String)>,
@@ -141,15 +141,37 @@ pub struct TaskSplits {
     pub test: Vec<(Example, String)>,
 }
 
+impl TaskSplits {
+    /// Appends already-shuffled `items`: the first round(n·support) to support, the next
+    /// round(n·query) to query, the rest to test.
+    pub fn add_by_ratio(&mut self, items: Vec<(Example, String)>, support: f64, query: f64) {
+        let n = items.len() as f64;
+        let (n_support, n_query) = ((n * support).round() as usize, (n * query).round() as usize);
+        for (i, item) in items.into_iter().enumerate() {
+            match i {
+                i if i < n_support => self.support.push(item),
+                i if i < n_support + n_query => self.query.push(item),
+                _ => self.test.push(item),
+            }
+        }
+    }
+}
+
+/// Both ratios positive and leaving a test share.
+pub fn check_ratios(support: f64, query: f64) -> Result<(), PrepareError> {
+    if support > 0.0 && query > 0.0 && support + query < 1.0 {
+        Ok(())
+    } else {
+        Err(PrepareError::BadRatios { support, query })
+    }
+}
+
 /// Groups problems by subject and splits each subject level by level.
 pub fn split_by_subject(
     problems: Vec<Problem>,
     opts: &SplitOptions,
 ) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
-    let (s, q) = (opts.support_ratio, opts.query_ratio);
-    if !(s > 0.0 && q > 0.0 && s + q < 1.0) {
-        return Err(PrepareError::BadRatios { support: s, query: q });
-    }
+    check_ratios(opts.support_ratio, opts.query_ratio)?;
     let mut by_task: BTreeMap<String, BTreeMap<String, Vec<Problem>>> = BTreeMap::new();
     for p in problems {
         by_task.entry(task_name(&p.subject)).or_default().entry(p.level.clone()).or_default().push(p);
@@ -163,21 +185,18 @@ pub fn split_by_subject(
             SplitMix64::new(opts.seed ^ stable_hash(&format!("{task}/{level}"))).shuffle(group);
             // Each level keeps its share of the cap, so the cap does not change the level mix.
             group.truncate(((group.len() as f64) * keep).round() as usize);
-            let n = group.len() as f64;
-            let (n_support, n_query) = ((n * s).round() as usize, (n * q).round() as usize);
-            for (i, p) in group.iter().enumerate() {
-                let prompt = if opts.instruction.is_empty() {
-                    p.problem.clone()
-                } else {
-                    format!("{} {}", p.problem, opts.instruction)
-                };
-                let item = (Example { prompt, response: p.solution.clone() }, level.clone());
-                match i {
-                    i if i < n_support => splits.support.push(item),
-                    i if i < n_support + n_query => splits.query.push(item),
-                    _ => splits.test.push(item),
-                }
-            }
+            let items = group
+                .iter()
+                .map(|p| {
+                    let prompt = if opts.instruction.is_empty() {
+                        p.problem.clone()
+                    } else {
+                        format!("{} {}", p.problem, opts.instruction)
+                    };
+                    (Example { prompt, response: p.solution.clone() }, level.clone())
+                })
+                .collect();
+            splits.add_by_ratio(items, opts.support_ratio, opts.query_ratio);
         }
         out.insert(task, splits);
     }
