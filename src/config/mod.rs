@@ -9,6 +9,8 @@ use serde_json::{Map, Value as Json};
 
 pub use schema::Config;
 
+const EMBEDDED_DEFAULT: &str = include_str!("../../configs/embedded_default.yaml");
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -153,6 +155,11 @@ impl Config {
             origin: origin.to_string(),
             reason: format!("`{}`: {}", e.path(), e.inner()),
         })
+    }
+
+    /// configs/embedded_default.yaml, compiled in: the demo's hyperparameters (no tasks or model).
+    pub fn embedded_default() -> Self {
+        Self::from_yaml(EMBEDDED_DEFAULT, "configs/embedded_default.yaml", &[]).expect("the embedded default parses")
     }
 
     pub fn to_yaml(&self) -> String {

@@ -6,6 +6,7 @@ pub mod prepare_gsm;
 pub mod prepare_math;
 pub mod sampler;
 pub mod sft;
+pub mod synthetic;
 pub mod task_files;
 pub mod tokenizer;
 
