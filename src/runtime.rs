@@ -41,3 +41,17 @@ pub fn major_minor(version: &str) -> &str {
     let end = version.match_indices('.').nth(1).map_or(version.len(), |(i, _)| i);
     &version[..end]
 }
+
+/// Resets the process's peak resident set size (VmHWM), so the next reading covers only what runs
+/// after this call (Linux >= 4.0; elsewhere a no-op).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size in bytes since start or the last [`reset_peak_rss`].
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -7,6 +7,7 @@ pub mod prepare_math;
 pub mod sampler;
 pub mod sft;
 pub mod synthetic;
+pub mod tasks;
 pub mod task_files;
 pub mod tokenizer;
 

@@ -1,0 +1,237 @@
+//! Checkpoint directories: `<root>/step_<N>/` with one safetensors file per kind of state and a
+//! `meta.json` holding the step, the trainer's resumable state and the sha256 of every file.
+//!
+//! A checkpoint is written into a temp directory, fsynced and renamed into place; `<root>/latest`
+//! is updated last. A crash at any point leaves either the previous checkpoint as the newest
+//! complete one or the new one whole. No pickle anywhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::fsutil::write_atomically;
+use crate::tensor_io::{read_safetensors, write_safetensors};
+
+pub const META_FILE: &str = "meta.json";
+const LATEST_FILE: &str = "latest";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0:#}")]
+    Write(anyhow::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+}
+
+/// Everything but the tensors: what a resumed run needs to continue exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format_version: u32,
+    /// Meta-steps completed.
+    pub step: u64,
+    pub world_size: usize,
+    /// The model directory the run started from (config.json and tokenizer files for export).
+    pub model_source: String,
+    /// The resolved config of the run, as YAML.
+    pub config: String,
+    /// Trainer state (optimizer step count, sampler positions, ...), opaque here.
+    pub state: serde_json::Value,
+    /// sha256 of every file of the checkpoint but meta.json.
+    pub files: BTreeMap<String, String>,
+}
+
+impl CheckpointMeta {
+    pub fn new(step: u64, world_size: usize, model_source: String, config: String, state: serde_json::Value) -> Self {
+        Self { format_version: FORMAT_VERSION, step, world_size, model_source, config, state, files: BTreeMap::new() }
+    }
+}
+
+pub fn step_dir_name(step: u64) -> String {
+    format!("step_{step:08}")
+}
+
+fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
+    let mut file = fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `files` (file name → named tensors) and `meta` as `<root>/step_<meta.step>`, points
+/// `latest` at it, and deletes the oldest checkpoints beyond `keep`.
+pub fn save(
+    root: &Path,
+    mut meta: CheckpointMeta,
+    files: &[(&str, Vec<(&str, &Tensor)>)],
+    keep: Option<usize>,
+) -> Result<PathBuf, CheckpointError> {
+    fs::create_dir_all(root).map_err(io(root))?;
+    let name = step_dir_name(meta.step);
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let written = (|| {
+        for (file, tensors) in files {
+            let path = tmp.join(file);
+            write_safetensors(&path, tensors, None).map_err(CheckpointError::Write)?;
+            meta.files.insert(file.to_string(), sha256_file(&path)?);
+        }
+        let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+        write_atomically(&tmp.join(META_FILE), |f| std::io::Write::write_all(f, &json))
+            .map_err(CheckpointError::Write)?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        fs::File::open(root).and_then(|d| d.sync_all()).map_err(io(root))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    write_atomically(&root.join(LATEST_FILE), |f| std::io::Write::write_all(f, name.as_bytes()))
+        .map_err(CheckpointError::Write)?;
+    if let Some(keep) = keep {
+        prune(root, keep.max(1))?;
+    }
+    Ok(dir)
+}
+
+/// Complete checkpoints under `root` (those with a meta.json), oldest first.
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root).map_err(io(root))? {
+        let entry = entry.map_err(io(root))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.parse::<u64>().ok()) {
+            if entry.path().join(META_FILE).is_file() {
+                found.push((step, entry.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let all = list(root)?;
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint: the one `latest` names if it is complete, else the highest step
+/// with a meta.json (a crash between the rename and `latest` leaves `latest` one behind).
+pub fn newest(root: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let newest = list(root)?.pop().map(|(_, dir)| dir);
+    let named = fs::read_to_string(root.join(LATEST_FILE)).ok().map(|n| root.join(n.trim()));
+    Ok(match (named, newest) {
+        (Some(named), Some(newest)) if named.join(META_FILE).is_file() && named >= newest => Some(named),
+        (_, newest) => newest,
+    })
+}
+
+pub struct Loaded {
+    pub meta: CheckpointMeta,
+    /// File name → tensor name → tensor.
+    pub files: HashMap<String, HashMap<String, Tensor>>,
+}
+
+/// Reads a checkpoint directory, checking every file against its recorded sha256.
+pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
+    let meta_path = dir.join(META_FILE);
+    let text = fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::Corrupt {
+            path: meta_path,
+            reason: format!("format version {} (this build reads {FORMAT_VERSION})", meta.format_version),
+        });
+    }
+    let mut files = HashMap::new();
+    for (file, expected) in &meta.files {
+        let path = dir.join(file);
+        let actual = sha256_file(&path)?;
+        if &actual != expected {
+            return Err(CheckpointError::Corrupt {
+                path,
+                reason: format!("sha256 {actual} differs from {expected} recorded in meta.json"),
+            });
+        }
+        let tensors = read_safetensors(&path)
+            .map_err(|e| CheckpointError::Corrupt { path: path.clone(), reason: format!("{e:#}") })?;
+        files.insert(file.clone(), tensors.into_iter().collect());
+    }
+    Ok(Loaded { meta, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> CheckpointMeta {
+        CheckpointMeta::new(step, 1, "model".into(), "config".into(), serde_json::json!({"k": step}))
+    }
+
+    #[test]
+    fn save_load_prune_and_detect_corruption() {
+        let root = tempfile::tempdir().unwrap();
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        for step in [10, 20, 30] {
+            save(root.path(), meta(step), &[("model.safetensors", vec![("w", &t)])], Some(2)).unwrap();
+        }
+        let steps: Vec<u64> = list(root.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, [20, 30]);
+        let newest_dir = newest(root.path()).unwrap().unwrap();
+        assert!(newest_dir.ends_with("step_00000030"));
+        let loaded = load(&newest_dir).unwrap();
+        assert_eq!(loaded.meta.state["k"], 30);
+        assert!(loaded.files["model.safetensors"]["w"].equal(&t));
+
+        // A flipped byte is caught by the checksum and named.
+        let file = newest_dir.join("model.safetensors");
+        let mut bytes = fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&file, bytes).unwrap();
+        let err = load(&newest_dir).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn an_incomplete_directory_is_not_a_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let t = Tensor::from_slice(&[1.0f32]);
+        save(root.path(), meta(5), &[("model.safetensors", vec![("w", &t)])], None).unwrap();
+        // A later step whose meta.json never got written (killed mid-save) and a stale `latest`.
+        fs::create_dir(root.path().join(step_dir_name(9))).unwrap();
+        assert!(newest(root.path()).unwrap().unwrap().ends_with("step_00000005"));
+        fs::write(root.path().join(LATEST_FILE), "step_00000009").unwrap();
+        assert!(newest(root.path()).unwrap().unwrap().ends_with("step_00000005"));
+    }
+}

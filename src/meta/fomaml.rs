@@ -1,0 +1,48 @@
+//! First-order MAML (DESIGN.md "The algorithm, precisely"):
+//!
+//! for each task i of the meta-batch, from θ:
+//!     θ′ ← θ′ − α ∇L_support(θ′)          K times, create_graph off
+//!     g_i = ∇_{θ′} L_query(θ′)
+//!     θ′ ← θ                               restored bit for bit
+//! g = mean_i g_i                           (clipped and applied by the outer optimizer)
+
+use super::core::{accumulate, adapt, batch_tokens, Learner};
+use super::TaskOutcome;
+use crate::config::schema::MetaSection;
+use crate::data::tasks::{Split, TaskData};
+
+/// Writes the meta-gradient into `meta_grad` (overwritten) and returns what each task did.
+pub fn meta_gradient(
+    learner: &Learner,
+    tasks: &mut [&mut TaskData],
+    meta: &MetaSection,
+    meta_grad: &[tch::Tensor],
+) -> Vec<TaskOutcome> {
+    for g in meta_grad {
+        let _ = g.shallow_clone().zero_();
+    }
+    let theta = learner.snapshot();
+    let scale = 1.0 / tasks.len() as f64;
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks.iter_mut() {
+        let inner = adapt(
+            learner,
+            task,
+            meta.num_inner_steps,
+            meta.inner_lr,
+            meta.inner_batch_size,
+            meta.fresh_support_batch_per_step,
+        );
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query_loss = learner.loss(&query);
+        accumulate(meta_grad, &learner.gradients(&query_loss), scale);
+        learner.restore(&theta);
+        outcomes.push(TaskOutcome {
+            name: task.name.clone(),
+            support_loss: inner.support_losses.last().copied().unwrap_or(f64::NAN),
+            query_loss: query_loss.double_value(&[]),
+            tokens: inner.tokens + batch_tokens(&query),
+        });
+    }
+    outcomes
+}

@@ -1,0 +1,44 @@
+//! Plain multi-task SFT, the baseline: the same tasks, batches and number of forward/backward
+//! passes as a FOMAML meta-step (K support batches and one query batch per task), but every
+//! gradient is taken at θ, with no adaptation; their mean is the update direction.
+
+use super::core::{accumulate, batch_tokens, Learner};
+use super::TaskOutcome;
+use crate::config::schema::MetaSection;
+use crate::data::tasks::{Split, TaskData};
+
+pub fn gradient(
+    learner: &Learner,
+    tasks: &mut [&mut TaskData],
+    meta: &MetaSection,
+    grad: &[tch::Tensor],
+) -> Vec<TaskOutcome> {
+    for g in grad {
+        let _ = g.shallow_clone().zero_();
+    }
+    let batches_per_task = meta.num_inner_steps + 1;
+    let scale = 1.0 / (tasks.len() * batches_per_task) as f64;
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks.iter_mut() {
+        let mut outcome = TaskOutcome { name: task.name.clone(), ..Default::default() };
+        let mut support_batch = None;
+        for step in 0..meta.num_inner_steps {
+            if step == 0 || meta.fresh_support_batch_per_step {
+                support_batch =
+                    Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
+            }
+            let batch = support_batch.as_ref().expect("drawn at step 0");
+            let loss = learner.loss(batch);
+            outcome.support_loss = loss.double_value(&[]);
+            outcome.tokens += batch_tokens(batch);
+            accumulate(grad, &learner.gradients(&loss), scale);
+        }
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let loss = learner.loss(&query);
+        outcome.query_loss = loss.double_value(&[]);
+        outcome.tokens += batch_tokens(&query);
+        accumulate(grad, &learner.gradients(&loss), scale);
+        outcomes.push(outcome);
+    }
+    outcomes
+}

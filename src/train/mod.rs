@@ -1,0 +1,345 @@
+//! The training loop: one process, any algorithm of `meta`, metrics, evaluation, checkpoints and
+//! exact resume. Read [`Trainer::run`] top to bottom for a meta-step.
+
+mod console;
+mod setup;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::schema::{Algorithm, NanPolicy, ResumeMode};
+use crate::config::Config;
+use crate::data::sampler::{stable_hash, SplitMix64};
+use crate::data::tasks::{Split, TaskData, TaskPosition};
+use crate::eval::adaptation_curve;
+use crate::meta::core::Learner;
+use crate::meta::{fomaml, sft, TaskOutcome};
+use crate::metrics::{MetricSink, Record};
+use crate::optim::{clip_grad_norm, Optimizer, Schedule};
+use crate::runtime::{peak_rss_bytes, reset_peak_rss};
+
+pub use console::Console;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The trainer's resumable state beyond tensors (stored in the checkpoint's meta.json).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    optimizer_steps: u64,
+    skipped_steps: u64,
+    task_positions: BTreeMap<String, TaskPosition>,
+}
+
+/// What a finished run reports.
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub resumed_from: Option<PathBuf>,
+    pub last_checkpoint: PathBuf,
+    pub last_record: Option<Record>,
+}
+
+pub struct Trainer {
+    config: Config,
+    model_dir: PathBuf,
+    run_dir: PathBuf,
+    learner: Learner,
+    tasks: Vec<TaskData>,
+    /// Few-shot evaluation targets: held-out tasks (on their query split) or, when there are
+    /// none, the training tasks that have a test split.
+    eval_tasks: Vec<(TaskData, Split)>,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    /// Meta-steps completed.
+    step: u64,
+    skipped_steps: u64,
+    sinks: Vec<Box<dyn MetricSink>>,
+    console: Console,
+    resumed_from: Option<PathBuf>,
+    last_record: Option<Record>,
+}
+
+impl Trainer {
+    pub fn new(config: Config) -> Result<Self> {
+        setup::check(&config)?;
+        let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config)?;
+        let optimizer = Optimizer::new(&config.optim, config.meta.outer_lr, learner.params());
+        let schedule = Schedule::new(&config.optim, config.trainer.total_steps);
+        let run_dir = PathBuf::from(&config.trainer.default_local_dir);
+        let console = Console::new(config.trainer.logger.iter().any(|l| l == "console"));
+        let mut trainer = Self {
+            model_dir,
+            run_dir,
+            learner,
+            tasks,
+            eval_tasks,
+            optimizer,
+            schedule,
+            step: 0,
+            skipped_steps: 0,
+            sinks: Vec::new(),
+            console,
+            resumed_from: None,
+            last_record: None,
+            config,
+        };
+        trainer.resume()?;
+        trainer.sinks = setup::sinks(&trainer.config, &trainer.run_dir, trainer.step)?;
+        Ok(trainer)
+    }
+
+    pub fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    pub fn checkpoint_root(&self) -> PathBuf {
+        self.run_dir.join("checkpoints")
+    }
+
+    /// Trains to `trainer.total_steps`, evaluating every `test_freq` and checkpointing every
+    /// `save_freq` and at the end.
+    pub fn run(mut self) -> Result<TrainSummary> {
+        let total = self.config.trainer.total_steps as u64;
+        std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
+        crate::fsutil::write_atomically(&self.run_dir.join("config.yaml"), |f| {
+            std::io::Write::write_all(f, self.config.to_yaml().as_bytes())
+        })?;
+        self.console.start(self.step, total, &self.run_dir, self.resumed_from.as_deref());
+        let grad = self.learner.zeros_like_params();
+        let mut last_checkpoint = None;
+        while self.step < total {
+            let started = Instant::now();
+            reset_peak_rss();
+
+            // 1. This step's tasks: a fresh draw without replacement, a function of (seed, step).
+            let chosen = self.choose_tasks();
+            let mut batch: Vec<&mut TaskData> = self.tasks.iter_mut().filter(|t| chosen.contains(&t.name)).collect();
+
+            // 2. The update direction, left in `grad`: the meta-gradient, or the SFT gradient.
+            let outcomes = match self.config.meta.algorithm {
+                Algorithm::Fomaml => fomaml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad),
+                Algorithm::Sft => sft::gradient(&self.learner, &mut batch, &self.config.meta, &grad),
+                other => bail!("meta.algorithm {other:?} is not available in this build"),
+            };
+
+            // 3. Clip, then the outer update, unless a loss or the gradient is not finite.
+            let grad_norm = clip_grad_norm(&grad, self.config.optim.clip_grad);
+            let lr_factor = self.schedule.factor(self.step as usize);
+            let update = self.check_finite(&outcomes, grad_norm)?;
+            if update {
+                self.optimizer.step(self.learner.params(), &grad, lr_factor);
+            } else {
+                self.skipped_steps += 1;
+            }
+            self.step += 1;
+
+            // 4. Metrics, evaluation, checkpoint.
+            let seconds = started.elapsed().as_secs_f64();
+            let mut scalars = step_metrics(&outcomes, grad_norm);
+            scalars.push(("lr".into(), self.optimizer.base_lr() * lr_factor));
+            scalars.push(("meta/skipped_steps".into(), self.skipped_steps as f64));
+            let tokens: i64 = outcomes.iter().map(|o| o.tokens).sum();
+            scalars.push(("perf/tokens_per_s".into(), tokens as f64 / seconds));
+            scalars.push(("perf/step_time_s".into(), seconds));
+            if let Some(peak) = peak_rss_bytes() {
+                scalars.push(("perf/peak_rss_mib".into(), peak as f64 / (1 << 20) as f64));
+            }
+            let freq = self.config.trainer.test_freq as u64;
+            if freq > 0 && (self.step % freq == 0 || self.step == total) {
+                scalars.extend(self.evaluate());
+            }
+            let record = Record { step: self.step, scalars };
+            self.log(&record)?;
+            let save_freq = self.config.checkpoint.save_freq as u64;
+            if self.step == total || (save_freq > 0 && self.step % save_freq == 0) {
+                last_checkpoint = Some(self.save()?);
+            }
+        }
+        let last_checkpoint = match last_checkpoint {
+            Some(dir) => dir,
+            None => self.save()?,
+        };
+        for sink in &mut self.sinks {
+            sink.flush()?;
+        }
+        self.console.finish(self.last_record.as_ref(), &last_checkpoint);
+        Ok(TrainSummary {
+            run_dir: self.run_dir,
+            steps: self.step,
+            resumed_from: self.resumed_from,
+            last_checkpoint,
+            last_record: self.last_record,
+        })
+    }
+
+    fn choose_tasks(&self) -> Vec<String> {
+        let mut names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        let seed = self.config.trainer.seed ^ stable_hash("meta-batch") ^ self.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        SplitMix64::new(seed).shuffle(&mut names);
+        names.into_iter().take(self.config.meta.meta_batch_size).map(String::from).collect()
+    }
+
+    /// Whether to apply the update. A non-finite loss or gradient aborts or skips the step, as
+    /// `trainer.nan_policy` says, naming the step and the task.
+    fn check_finite(&self, outcomes: &[TaskOutcome], grad_norm: f64) -> Result<bool> {
+        let bad_task = outcomes.iter().find(|o| !o.support_loss.is_finite() || !o.query_loss.is_finite());
+        let problem = match bad_task {
+            Some(o) => format!(
+                "task `{}`: support loss {}, query loss {}",
+                o.name, o.support_loss, o.query_loss
+            ),
+            None if !grad_norm.is_finite() => format!("gradient norm is {grad_norm}"),
+            None => return Ok(true),
+        };
+        let step = self.step + 1;
+        match self.config.trainer.nan_policy {
+            NanPolicy::Abort => bail!(
+                "step {step}: {problem} (trainer.nan_policy is abort; set trainer.nan_policy=skip to skip such steps)"
+            ),
+            NanPolicy::Skip => {
+                self.console.warn(&format!("step {step}: {problem}; update skipped (trainer.nan_policy: skip)"));
+                Ok(false)
+            }
+        }
+    }
+
+    /// Few-shot evaluation: each target task adapted with the inner loop's K and α, its loss
+    /// before and after; θ restored.
+    fn evaluate(&self) -> Vec<(String, f64)> {
+        let meta = &self.config.meta;
+        let steps = [0, meta.num_inner_steps];
+        let (mut before, mut after, mut per_task) = (Vec::new(), Vec::new(), Vec::new());
+        for (task, split) in &self.eval_tasks {
+            let losses = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split);
+            before.push(losses[0]);
+            after.push(losses[1]);
+            per_task.push((format!("eval/{}/adapted_loss", task.name), losses[1]));
+        }
+        if before.is_empty() {
+            return Vec::new();
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let mut scalars = vec![
+            ("eval/loss_before_adaptation".to_string(), mean(&before)),
+            ("eval/loss_after_adaptation".to_string(), mean(&after)),
+        ];
+        scalars.extend(per_task);
+        scalars
+    }
+
+    fn log(&mut self, record: &Record) -> Result<()> {
+        for sink in &mut self.sinks {
+            sink.write(record)?;
+        }
+        self.console.step(record);
+        self.last_record = Some(record.clone());
+        Ok(())
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let state = TrainState {
+            optimizer_steps: self.optimizer.steps,
+            skipped_steps: self.skipped_steps,
+            task_positions: self.tasks.iter().map(|t| (t.name.clone(), t.position())).collect(),
+        };
+        let meta = CheckpointMeta::new(
+            self.step,
+            1,
+            self.model_dir.display().to_string(),
+            self.config.to_yaml(),
+            serde_json::to_value(state).expect("state serialises"),
+        );
+        let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
+        let params: Vec<(String, Tensor)> = self.learner.named_params().iter().map(|(n, t)| (n.to_string(), cpu(t))).collect();
+        let optim: Vec<(String, Tensor)> = self.optimizer.state().into_iter().map(|(n, t)| (n, cpu(t))).collect();
+        let refs = |v: &[(String, Tensor)]| v.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>();
+        let dir = checkpoint::save(
+            &self.checkpoint_root(),
+            meta,
+            &[(MODEL_FILE, refs(&params)), (OPTIMIZER_FILE, refs(&optim))],
+            self.config.checkpoint.max_ckpt_to_keep,
+        )?;
+        Ok(dir)
+    }
+
+    /// Loads θ, optimizer state, step and sampler positions from the checkpoint that
+    /// `checkpoint.resume_mode` selects, if any.
+    fn resume(&mut self) -> Result<()> {
+        let dir = match self.config.checkpoint.resume_mode {
+            ResumeMode::Disable => return Ok(()),
+            ResumeMode::Auto => match checkpoint::newest(&self.checkpoint_root())? {
+                Some(dir) => dir,
+                None => return Ok(()),
+            },
+            ResumeMode::ResumePath => match &self.config.checkpoint.resume_path {
+                Some(path) => PathBuf::from(path),
+                None => bail!("checkpoint.resume_mode is resume_path but checkpoint.resume_path is not set"),
+            },
+        };
+        let loaded = checkpoint::load(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let state: TrainState = serde_json::from_value(loaded.meta.state.clone())
+            .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;
+        let model = loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", dir.display()))?;
+        let _guard = tch::no_grad_guard();
+        for (name, param) in self.learner.named_params() {
+            let saved = model.get(name).with_context(|| format!("{}: `{name}` is missing", dir.display()))?;
+            if saved.size() != param.size() {
+                bail!("{}: `{name}` has shape {:?}, the model {:?}", dir.display(), saved.size(), param.size());
+            }
+            param.shallow_clone().copy_(saved);
+        }
+        let optim = loaded.files.get(OPTIMIZER_FILE).with_context(|| format!("{}: no {OPTIMIZER_FILE}", dir.display()))?;
+        self.optimizer
+            .load_state(state.optimizer_steps, |name| optim.get(name).map(Tensor::shallow_clone))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        for task in &mut self.tasks {
+            let position = state.task_positions.get(&task.name).with_context(|| {
+                format!("{}: task `{}` is not in the checkpoint (the task list changed?)", dir.display(), task.name)
+            })?;
+            task.restore(*position);
+        }
+        self.step = loaded.meta.step;
+        self.skipped_steps = state.skipped_steps;
+        self.resumed_from = Some(dir);
+        Ok(())
+    }
+}
+
+/// The seeds' metrics of one step: means over tasks, the spread of adaptation, and per task.
+fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> {
+    let n = outcomes.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&TaskOutcome) -> f64| outcomes.iter().map(f).sum::<f64>() / n;
+    let variance = |f: &dyn Fn(&TaskOutcome) -> f64, m: f64| outcomes.iter().map(|o| (f(o) - m).powi(2)).sum::<f64>() / n;
+    let query = mean(&|o| o.query_loss);
+    let gap = mean(&|o| o.adaptation_gap());
+    let mut scalars = vec![
+        ("meta/loss".to_string(), query),
+        ("meta/grad_norm".to_string(), grad_norm),
+        ("meta/avg_support_loss".to_string(), mean(&|o| o.support_loss)),
+        ("meta/avg_query_loss".to_string(), query),
+        ("meta/avg_adaptation_gap".to_string(), gap),
+        ("meta/adaptation_gap_std".to_string(), variance(&|o| o.adaptation_gap(), gap).sqrt()),
+        ("meta/task_loss_variance".to_string(), variance(&|o| o.query_loss, query)),
+    ];
+    for o in outcomes {
+        scalars.push((format!("{}/support_loss", o.name), o.support_loss));
+        scalars.push((format!("{}/query_loss", o.name), o.query_loss));
+        scalars.push((format!("{}/adaptation_gap", o.name), o.adaptation_gap()));
+    }
+    scalars
+}
+
+/// The model directory a checkpoint was trained from (for export).
+pub fn checkpoint_model_source(checkpoint_dir: &Path) -> Result<PathBuf> {
+    let path = checkpoint_dir.join(checkpoint::META_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta: CheckpointMeta = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(PathBuf::from(meta.model_source))
+}

@@ -1,0 +1,109 @@
+//! Turning a config into what the loop needs: checked settings, the model, the tasks, the sinks.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::Kind;
+
+use crate::cli::parse_device;
+use crate::config::schema::Algorithm;
+use crate::config::Config;
+use crate::data::tasks::{Encoding, Split, TaskData};
+use crate::data::ChatTokenizer;
+use crate::meta::core::Learner;
+use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
+use crate::model::{load_weights, ModelConfig};
+
+/// Settings that would fail later, refused up front with the key that is wrong.
+pub fn check(config: &Config) -> Result<()> {
+    let meta = &config.meta;
+    if config.model.partial_pretrain.is_empty() {
+        bail!("model.partial_pretrain is not set: give the Hugging Face model directory to start from");
+    }
+    if meta.tasks.is_empty() {
+        bail!("meta.tasks is empty: list at least one task (see `fomaml prepare-data`)");
+    }
+    if meta.meta_batch_size == 0 || meta.meta_batch_size > meta.tasks.len() {
+        bail!(
+            "meta.meta_batch_size is {}, but tasks are drawn without replacement from {} task(s)",
+            meta.meta_batch_size,
+            meta.tasks.len()
+        );
+    }
+    for (key, value) in [
+        ("meta.inner_batch_size", meta.inner_batch_size),
+        ("meta.query_batch_size", meta.query_batch_size),
+        ("trainer.total_steps", config.trainer.total_steps),
+    ] {
+        if value == 0 {
+            bail!("{key} must be at least 1");
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for task in meta.tasks.iter().chain(&meta.eval_tasks) {
+        if !names.insert(task.name.as_str()) {
+            bail!("task name `{}` appears twice in meta.tasks / meta.eval_tasks", task.name);
+        }
+    }
+    match (meta.algorithm, meta.use_fomaml) {
+        (Algorithm::Fomaml, true) | (Algorithm::Sft, _) => Ok(()),
+        (Algorithm::Fomaml, false) => bail!("meta.use_fomaml: false (second-order MAML) is not available in this build"),
+        (other, _) => bail!("meta.algorithm {other:?} is not available in this build; use fomaml or sft"),
+    }
+}
+
+pub fn compute_kind(dtype: &str) -> Result<Kind> {
+    match dtype.to_ascii_lowercase().as_str() {
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        "f32" | "fp32" | "float32" => Ok(Kind::Float),
+        other => bail!("model.dtype `{other}` is not one of bf16, f32"),
+    }
+}
+
+pub struct Loaded {
+    pub model_dir: PathBuf,
+    pub learner: Learner,
+    pub tasks: Vec<TaskData>,
+    pub eval_tasks: Vec<(TaskData, Split)>,
+}
+
+pub fn load(config: &Config) -> Result<Loaded> {
+    let device = parse_device(&config.trainer.device).context("trainer.device")?;
+    let kind = compute_kind(&config.model.dtype)?;
+    let model_dir = PathBuf::from(&config.model.partial_pretrain);
+    let tokenizer = ChatTokenizer::from_dir(&model_dir).context("model.partial_pretrain")?;
+    let model_cfg = ModelConfig::from_dir(&model_dir).context("model.partial_pretrain")?;
+    let weights = load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
+    let learner = Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id);
+
+    let encoding = Encoding::new(&tokenizer, &config.data);
+    let seed = config.trainer.seed;
+    let load = |section| TaskData::load(section, &encoding, &config.data, seed, 0, 1);
+    let tasks = config.meta.tasks.iter().map(load).collect::<Result<Vec<_>>>()?;
+    let eval_tasks = if config.meta.eval_tasks.is_empty() {
+        let with_test = config.meta.tasks.iter().filter(|t| !t.test_files.is_empty());
+        with_test.map(|s| Ok((load(s)?, Split::Test))).collect::<Result<Vec<_>>>()?
+    } else {
+        config.meta.eval_tasks.iter().map(|s| Ok((load(s)?, Split::Query))).collect::<Result<Vec<_>>>()?
+    };
+    Ok(Loaded { model_dir, learner, tasks, eval_tasks })
+}
+
+/// The file sinks `trainer.logger` asks for; on resume the JSONL log is cut back to `step`.
+pub fn sinks(config: &Config, run_dir: &Path, step: u64) -> Result<Vec<Box<dyn MetricSink>>> {
+    let mut sinks: Vec<Box<dyn MetricSink>> = Vec::new();
+    for logger in &config.trainer.logger {
+        match logger.as_str() {
+            "console" => {}
+            "jsonl" => {
+                std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+                let path = run_dir.join("metrics.jsonl");
+                let sink = if step > 0 { JsonlSink::resume(&path, step)? } else { JsonlSink::create(&path, false)? };
+                sinks.push(Box::new(sink));
+            }
+            "tensorboard" => sinks.push(Box::new(TensorBoardSink::create(&run_dir.join("tensorboard"))?)),
+            other => bail!("trainer.logger: `{other}` is not one of console, jsonl, tensorboard"),
+        }
+    }
+    Ok(sinks)
+}
