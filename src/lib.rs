@@ -9,6 +9,7 @@ pub mod data;
 pub mod dist;
 pub mod fsutil;
 pub mod meta;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod tensor_io;
