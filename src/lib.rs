@@ -10,6 +10,7 @@ pub mod dist;
 pub mod eval;
 pub mod fsutil;
 pub mod meta;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod runtime;
