@@ -3,6 +3,7 @@
 //! `model` (decoder, checkpoint loading) knows nothing of training; `meta` holds the algorithms
 //! and their loss; `dist` the communication across ranks; `cli` the subcommands.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -15,3 +16,4 @@ pub mod model;
 pub mod optim;
 pub mod runtime;
 pub mod tensor_io;
+pub mod train;

@@ -23,6 +23,8 @@ enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(cli::config_show::ConfigCommand),
+    /// Meta-train (FOMAML, or the SFT baseline) from a config; resumes from the newest checkpoint.
+    Train(cli::train::TrainArgs),
     /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
     Encode(cli::encode::EncodeArgs),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Logits(args) => cli::logits::run(args),
         Command::Encode(args) => cli::encode::run(args),
+        Command::Train(args) => cli::train::run(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),
     };

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod encode;
 pub mod logits;
 pub mod prepare_data;
+pub mod train;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind};

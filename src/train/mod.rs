@@ -259,11 +259,10 @@ impl Trainer {
         let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
         let params: Vec<(String, Tensor)> = self.learner.named_params().iter().map(|(n, t)| (n.to_string(), cpu(t))).collect();
         let optim: Vec<(String, Tensor)> = self.optimizer.state().into_iter().map(|(n, t)| (n, cpu(t))).collect();
-        let refs = |v: &[(String, Tensor)]| v.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>();
         let dir = checkpoint::save(
             &self.checkpoint_root(),
             meta,
-            &[(MODEL_FILE, refs(&params)), (OPTIMIZER_FILE, refs(&optim))],
+            &[(MODEL_FILE, named_refs(&params)), (OPTIMIZER_FILE, named_refs(&optim))],
             self.config.checkpoint.max_ckpt_to_keep,
         )?;
         Ok(dir)
@@ -310,6 +309,10 @@ impl Trainer {
         self.resumed_from = Some(dir);
         Ok(())
     }
+}
+
+fn named_refs(tensors: &[(String, Tensor)]) -> Vec<(&str, &Tensor)> {
+    tensors.iter().map(|(n, t)| (n.as_str(), t)).collect()
 }
 
 /// The seeds' metrics of one step: means over tasks, the spread of adaptation, and per task.

@@ -101,7 +101,11 @@ pub fn sinks(config: &Config, run_dir: &Path, step: u64) -> Result<Vec<Box<dyn M
                 let sink = if step > 0 { JsonlSink::resume(&path, step)? } else { JsonlSink::create(&path, false)? };
                 sinks.push(Box::new(sink));
             }
-            "tensorboard" => sinks.push(Box::new(TensorBoardSink::create(&run_dir.join("tensorboard"))?)),
+            "tensorboard" => {
+                let dir = run_dir.join("tensorboard");
+                let sink = if step > 0 { TensorBoardSink::resume(&dir, step)? } else { TensorBoardSink::create(&dir)? };
+                sinks.push(Box::new(sink));
+            }
             other => bail!("trainer.logger: `{other}` is not one of console, jsonl, tensorboard"),
         }
     }

@@ -1,0 +1,24 @@
+//! `fomaml train`: meta-train from a config file (or the embedded default).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::train::Trainer;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The run's YAML config (the seeds' layout; `fomaml prepare-data` writes one).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Overrides, e.g. meta.inner_lr=1e-4 trainer.total_steps=100 (values are YAML).
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = Config::load(&args.config, &args.overrides)?;
+    let summary = Trainer::new(config).and_then(Trainer::run).with_context(|| format!("training {}", args.config.display()))?;
+    println!("{} steps; run directory {}", summary.steps, summary.run_dir.display());
+    Ok(())
+}
