@@ -25,6 +25,8 @@ enum Command {
     Config(cli::config_show::ConfigCommand),
     /// Meta-train (FOMAML, or the SFT baseline) from a config; resumes from the newest checkpoint.
     Train(cli::train::TrainArgs),
+    /// Write a checkpoint's parameters as a Hugging Face model directory.
+    Export(cli::export::ExportArgs),
     /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
     Encode(cli::encode::EncodeArgs),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => cli::logits::run(args),
         Command::Encode(args) => cli::encode::run(args),
         Command::Train(args) => cli::train::run(args),
+        Command::Export(args) => cli::export::run(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),
     };

@@ -5,6 +5,8 @@
 //! is updated last. A crash at any point leaves either the previous checkpoint as the newest
 //! complete one or the new one whole. No pickle anywhere.
 
+pub mod export;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;

@@ -12,13 +12,17 @@ pub struct TrainArgs {
     /// The run's YAML config (the seeds' layout; `fomaml prepare-data` writes one).
     #[arg(long)]
     pub config: PathBuf,
+    /// Stop after this meta-step (a checkpoint is written); run again to resume. For jobs with a
+    /// time limit.
+    #[arg(long)]
+    pub stop_at_step: Option<u64>,
     /// Overrides, e.g. meta.inner_lr=1e-4 trainer.total_steps=100 (values are YAML).
     pub overrides: Vec<String>,
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = Config::load(&args.config, &args.overrides)?;
-    let summary = Trainer::new(config).and_then(Trainer::run).with_context(|| format!("training {}", args.config.display()))?;
+    let summary = Trainer::new(config).and_then(|t| t.run_until(args.stop_at_step)).with_context(|| format!("training {}", args.config.display()))?;
     println!("{} steps; run directory {}", summary.steps, summary.run_dir.display());
     Ok(())
 }

@@ -105,8 +105,15 @@ impl Trainer {
 
     /// Trains to `trainer.total_steps`, evaluating every `test_freq` and checkpointing every
     /// `save_freq` and at the end.
-    pub fn run(mut self) -> Result<TrainSummary> {
+    pub fn run(self) -> Result<TrainSummary> {
+        self.run_until(None)
+    }
+
+    /// As [`Trainer::run`], but returns after meta-step `stop_at` (checkpointed) if that comes
+    /// first: for jobs with a time limit, continued later by a resumed run.
+    pub fn run_until(mut self, stop_at: Option<u64>) -> Result<TrainSummary> {
         let total = self.config.trainer.total_steps as u64;
+        let end = stop_at.map_or(total, |s| s.min(total));
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
         crate::fsutil::write_atomically(&self.run_dir.join("config.yaml"), |f| {
             std::io::Write::write_all(f, self.config.to_yaml().as_bytes())
@@ -114,7 +121,7 @@ impl Trainer {
         self.console.start(self.step, total, &self.run_dir, self.resumed_from.as_deref());
         let grad = self.learner.zeros_like_params();
         let mut last_checkpoint = None;
-        while self.step < total {
+        while self.step < end {
             let started = Instant::now();
             reset_peak_rss();
 
@@ -158,7 +165,7 @@ impl Trainer {
             let record = Record { step: self.step, scalars };
             self.log(&record)?;
             let save_freq = self.config.checkpoint.save_freq as u64;
-            if self.step == total || (save_freq > 0 && self.step % save_freq == 0) {
+            if self.step == end || (save_freq > 0 && self.step % save_freq == 0) {
                 last_checkpoint = Some(self.save()?);
             }
         }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the golden fixtures made by tests/golden/make_golden.py.
 #![allow(dead_code)]
 
+pub mod train;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
