@@ -1,4 +1,4 @@
-//! File writes that never leave a half-written file behind.
+//! File and directory writes that never leave a half-written file behind.
 
 use std::fs::{self, File};
 use std::path::Path;
@@ -29,6 +29,28 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut File) -> std::io::Re
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
+}
+
+/// Builds the output in a temp directory beside `out` and renames it into place at the end, so a
+/// failure leaves nothing behind and an existing output is replaced whole or not at all.
+pub fn write_dir_atomically(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() && !force {
+        anyhow::bail!("{} exists; pass --force to replace it", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().with_context(|| format!("{} is not a directory path", out.display()))?;
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move the output into {}", out.display()))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 use crate::config::schema::TaskSection;
 use crate::config::Config;
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use crate::data::prepare_gsm::{self, TaskBy};
 use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, TaskSplits, DEFAULT_INSTRUCTION};
 use crate::data::task_files::{write_parquet, Example};
+use crate::fsutil::write_dir_atomically;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PrepareCommand {
@@ -82,28 +83,6 @@ pub fn run(command: &PrepareCommand) -> Result<()> {
     }
 }
 
-/// Builds the output in a temp directory beside `out` and renames it into place at the end, so a
-/// failure leaves nothing behind and an existing output is replaced whole or not at all.
-fn write_output(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if out.exists() && !force {
-        bail!("{} exists; pass --force to replace it", out.display());
-    }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out.file_name().with_context(|| format!("{} is not a directory path", out.display()))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot move the output into {}", out.display()))
-}
-
 fn math(args: &MathArgs) -> Result<()> {
     let problems = read_problems(&args.source)?;
     let opts = SplitOptions {
@@ -120,7 +99,7 @@ fn math(args: &MathArgs) -> Result<()> {
         args.source.display(),
         args.split.seed
     );
-    write_output(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, "level", &origin))?;
+    write_dir_atomically(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, "level", &origin))?;
     println!("{} tasks from {count} problems -> {}", tasks.len(), args.out.display());
     Ok(())
 }
@@ -177,7 +156,7 @@ fn gsm(args: &GsmArgs) -> Result<()> {
         args.source.display(),
         args.split.seed
     );
-    write_output(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, tag, &origin))?;
+    write_dir_atomically(&args.out, args.split.force, |dir| write_tasks(dir, &args.out, &tasks, tag, &origin))?;
     println!(
         "{} tasks from {count} items ({ignored} marked `ignore` by the package left out) -> {}",
         tasks.len(),
