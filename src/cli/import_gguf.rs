@@ -12,7 +12,7 @@ use tch::Kind;
 
 use crate::fsutil::write_dir_atomically;
 use crate::model::gguf::{tokenizer, Conversion, GgufFile};
-use crate::tensor_io::write_safetensors;
+use crate::tensor_io::write_safetensors_streamed;
 
 /// dtype of the written weights. Quantized tensors are dequantized to fp32 first either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,12 +58,13 @@ fn write_json(dir: &Path, name: &str, value: &Json) -> Result<()> {
 pub fn run(args: &ImportGgufArgs) -> Result<()> {
     let file = GgufFile::open(&args.file)?;
     let kind = args.dtype.kind();
+    let mut conversion = Conversion::plan(&file, kind)?;
     let tokenizer = tokenizer::build(&file)?;
-    // Refused here, before the dequantization, so a typo in the command costs nothing.
+    // A tokenizer.json that the tokenizers crate cannot load is refused before anything is written.
     tokenizer.tokenizer_json.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| {
         anyhow::anyhow!("{}: the tokenizer built from its metadata does not load: {e}", args.file.display())
     })?;
-    let conversion = Conversion::plan(&file, &tokenizer, kind)?;
+    conversion.set_special_ids(&tokenizer);
 
     write_dir_atomically(&args.out_dir, args.force, |dir| {
         write_json(dir, "config.json", &conversion.config_json)?;
@@ -80,17 +81,18 @@ pub fn run(args: &ImportGgufArgs) -> Result<()> {
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
-        let tensors = conversion.tensors(kind, |name| {
-            bar.set_message(name.to_string());
-            bar.inc(1);
-        })?;
-        bar.finish_and_clear();
-
-        let refs: Vec<(&str, &tch::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let specs = conversion.specs(kind);
         // transformers refuses safetensors whose metadata lacks a known `format`.
         let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         metadata.insert("source".into(), format!("fomaml import-gguf {}", file_name(&args.file)));
-        write_safetensors(&dir.join("model.safetensors"), &refs, Some(metadata))
+        let written = write_safetensors_streamed(&dir.join("model.safetensors"), &specs, Some(metadata), |i| {
+            bar.set_message(specs[i].name.clone());
+            let t = conversion.tensor(i, kind)?;
+            bar.inc(1);
+            Ok(t)
+        });
+        bar.finish_and_clear();
+        written
     })
     .with_context(|| format!("importing {}", args.file.display()))?;
 

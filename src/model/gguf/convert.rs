@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use super::tokenizer::TokenizerFiles;
 use super::{GgufError, GgufFile, TensorInfo};
 use crate::model::{Architecture, ModelConfig};
+use crate::tensor_io::TensorSpec;
 
 pub const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, qwen3";
 
@@ -114,9 +115,9 @@ pub struct Conversion<'a> {
 }
 
 impl<'a> Conversion<'a> {
-    /// Reads the hyperparameters, builds config.json (with the special ids of `tokenizer`) and
-    /// maps every tensor, reporting all missing, unexpected and mis-shaped tensors at once.
-    pub fn plan(file: &'a GgufFile, tokenizer: &TokenizerFiles, dtype: Kind) -> Result<Self, GgufError> {
+    /// Reads the hyperparameters, builds config.json and maps every tensor, reporting all missing,
+    /// unexpected and mis-shaped tensors at once.
+    pub fn plan(file: &'a GgufFile, dtype: Kind) -> Result<Self, GgufError> {
         let path = file.path().to_path_buf();
         let arch_name = file.str("general.architecture")?;
         let architecture = match arch_name {
@@ -193,9 +194,6 @@ impl<'a> Conversion<'a> {
             "mlp_bias": false,
             "initializer_range": 0.02,
             "use_cache": true,
-            "bos_token_id": tokenizer.bos_id,
-            "eos_token_id": tokenizer.eos_id,
-            "pad_token_id": tokenizer.pad_id,
             "torch_dtype": dtype_name,
         });
         if architecture != Architecture::Llama {
@@ -250,6 +248,13 @@ impl<'a> Conversion<'a> {
         Ok(Self { file, config_json: config, config: parsed, planned })
     }
 
+    /// Puts the tokenizer's special ids into config.json, as transformers' configs carry them.
+    pub fn set_special_ids(&mut self, tokenizer: &TokenizerFiles) {
+        self.config_json["bos_token_id"] = json!(tokenizer.bos_id);
+        self.config_json["eos_token_id"] = json!(tokenizer.eos_id);
+        self.config_json["pad_token_id"] = json!(tokenizer.pad_id);
+    }
+
     pub fn tensor_count(&self) -> usize {
         self.planned.len()
     }
@@ -259,23 +264,23 @@ impl<'a> Conversion<'a> {
         self.planned.iter().map(|p| self.file.tensors()[p.tensor].numel()).sum()
     }
 
-    /// Dequantizes every tensor to fp32, undoes the q/k permutation and casts to `kind`, in the
-    /// file's order; `on_tensor` is called after each (for progress).
-    pub fn tensors(&self, kind: Kind, mut on_tensor: impl FnMut(&str)) -> Result<Vec<(String, Tensor)>, GgufError> {
-        let mut out = Vec::with_capacity(self.planned.len());
-        for p in &self.planned {
-            let info = &self.file.tensors()[p.tensor];
-            let values = self.file.dequantize(info);
-            let t = Tensor::f_from_slice(&values)?.f_reshape(info.shape().as_slice())?;
-            drop(values);
-            let t = match p.unpermute {
-                Some(heads) => unpermute_rows(&t, heads),
-                None => t,
-            };
-            out.push((p.hf_name.clone(), t.f_to_kind(kind)?));
-            on_tensor(&p.hf_name);
-        }
-        Ok(out)
+    /// Name, dtype and shape of every tensor as written, in the file's order.
+    pub fn specs(&self, kind: Kind) -> Vec<TensorSpec> {
+        let shape = |p: &Planned| self.file.tensors()[p.tensor].shape();
+        self.planned.iter().map(|p| TensorSpec { name: p.hf_name.clone(), kind, shape: shape(p) }).collect()
+    }
+
+    /// The `index`-th tensor of [`Self::specs`]: dequantized to fp32, q/k rows un-permuted, cast
+    /// to `kind`.
+    pub fn tensor(&self, index: usize, kind: Kind) -> Result<Tensor, GgufError> {
+        let p = &self.planned[index];
+        let info = &self.file.tensors()[p.tensor];
+        let t = Tensor::f_from_slice(&self.file.dequantize(info))?.f_reshape(info.shape().as_slice())?;
+        let t = match p.unpermute {
+            Some(heads) => unpermute_rows(&t, heads),
+            None => t,
+        };
+        Ok(t.f_to_kind(kind)?)
     }
 }
 

@@ -16,7 +16,7 @@ pub use tokenizer::TokenizerFiles;
 /// Failures of reading or converting a GGUF file. Each names the file and the key or tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a GGUF file: it starts with {}, not `GGUF`", describe_magic(found))]
     BadMagic { path: PathBuf, found: Option<Vec<u8>> },
