@@ -198,6 +198,13 @@ fn bad_files_are_refused_with_one_line_naming_the_file() {
         },
         &["architecture `mamba`", "not supported"],
     );
+    assert_refused(
+        |b| {
+            let at = b.windows(9).position(|w| w == b"llama-bpe").unwrap();
+            b[at..at + 9].copy_from_slice(b"starcoder");
+        },
+        &["tokenizer.ggml.pre `starcoder` is not supported", "llama-bpe"],
+    );
 }
 
 #[test]
