@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 use tch::{Kind, Tensor};
 
 use super::tokenizer::TokenizerFiles;
-use super::{GgufError, GgufFile, TensorInfo};
+use super::{GgufError, GgufFile};
 use crate::model::{Architecture, ModelConfig};
 use crate::tensor_io::TensorSpec;
 
@@ -77,23 +77,20 @@ fn llama3_rope_factors(theta: f64, head_dim: i64, params: [f64; 4]) -> Vec<f64> 
         .collect()
 }
 
-/// The rope_scaling of config.json behind a `rope_freqs.weight` tensor. The file keeps only the
-/// resulting factors, so we accept them when Llama 3.1's published parameters (any factor)
-/// reproduce them, and refuse anything else rather than invent a scaling.
-fn llama3_scaling(file: &GgufFile, info: &TensorInfo, theta: f64, head_dim: i64) -> Result<Json, GgufError> {
-    let found: Vec<f64> = file.dequantize(info).into_iter().map(f64::from).collect();
-    let bad = |reason: String| GgufError::BadTensor { path: file.path().into(), tensor: info.name.clone(), reason };
+/// The rope_scaling of config.json behind the factors of a `rope_freqs.weight` tensor. The file
+/// keeps only the factors, so they are accepted when Llama 3.1's published parameters (any factor)
+/// reproduce them, and anything else is refused rather than guessed.
+fn llama3_scaling(found: &[f64], theta: f64, head_dim: i64) -> Result<Json, String> {
     if found.len() as i64 != head_dim / 2 {
-        return Err(bad(format!("has {} rope factors for head_dim {head_dim}", found.len())));
+        return Err(format!("has {} rope factors for head_dim {head_dim}", found.len()));
     }
     let factor = found.iter().cloned().fold(1.0, f64::max).round();
-    let params = [factor, 1.0, 4.0, 8192.0];
-    let expected = llama3_rope_factors(theta, head_dim, params);
+    let expected = llama3_rope_factors(theta, head_dim, [factor, 1.0, 4.0, 8192.0]);
     if found.iter().zip(&expected).any(|(f, e)| (f - e).abs() > 1e-4 * e.abs()) {
-        return Err(bad(format!(
+        return Err(format!(
             "holds rope factors that are not Llama 3's scaling (factor {factor}, low_freq_factor 1, \
              high_freq_factor 4, original_max_position_embeddings 8192); other rope scalings are not supported"
-        )));
+        ));
     }
     Ok(json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 8192}))
@@ -161,9 +158,19 @@ impl<'a> Conversion<'a> {
         }
         let rope_theta = file.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let rope_scaling = match file.tensor("rope_freqs.weight") {
-            Some(info) => llama3_scaling(file, info, rope_theta, head_dim)?,
+            Some(info) => {
+                let factors: Vec<f64> = file.dequantize(info).into_iter().map(f64::from).collect();
+                llama3_scaling(&factors, rope_theta, head_dim).map_err(|reason| GgufError::BadTensor {
+                    path: path.clone(),
+                    tensor: info.name.clone(),
+                    reason,
+                })?
+            }
             None => Json::Null,
         };
+        let eps_key = key("attention.layer_norm_rms_epsilon");
+        let rms_norm_eps =
+            file.opt_f64(&eps_key)?.ok_or_else(|| GgufError::MissingKey { path: path.clone(), key: eps_key })?;
         let tied = file.tensor("output.weight").is_none();
         let has_bias = file.tensor("blk.0.attn_q.bias").is_some();
 
@@ -184,8 +191,7 @@ impl<'a> Conversion<'a> {
             "head_dim": head_dim,
             "hidden_act": "silu",
             "max_position_embeddings": file.usize(&key("context_length"))?,
-            "rms_norm_eps": file.opt_f64(&key("attention.layer_norm_rms_epsilon"))?
-                .ok_or_else(|| GgufError::MissingKey { path: path.clone(), key: key("attention.layer_norm_rms_epsilon") })?,
+            "rms_norm_eps": rms_norm_eps,
             "rope_theta": rope_theta,
             "rope_scaling": rope_scaling,
             "tie_word_embeddings": tied,
@@ -215,6 +221,10 @@ impl<'a> Conversion<'a> {
                 unexpected.push(info.name.clone());
                 continue;
             };
+            if planned.iter().any(|p: &Planned| p.hf_name == hf) {
+                unexpected.push(format!("{} (a second time)", info.name));
+                continue;
+            }
             if expected[&hf] != info.shape() {
                 misshaped.push(format!(
                     "{} (as {hf}): expected {:?}, found {:?}",
@@ -320,5 +330,28 @@ mod tests {
         assert_eq!(f[0], 1.0);
         assert_eq!(f[63], 8.0);
         assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+    }
+
+    #[test]
+    fn llama3_scaling_is_recovered_from_stored_factors_and_others_refused() {
+        // Llama 3.2 1B: factor 32; the file holds the factors as f32.
+        let stored: Vec<f64> =
+            llama3_rope_factors(500000.0, 64, [32.0, 1.0, 4.0, 8192.0]).iter().map(|&f| f as f32 as f64).collect();
+        let scaling = llama3_scaling(&stored, 500000.0, 64).unwrap();
+        assert_eq!(scaling["factor"], 32.0);
+        assert_eq!(scaling["rope_type"], "llama3");
+        let cfg = ModelConfig::from_json(
+            &json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
+                    "rms_norm_eps": 1e-5, "max_position_embeddings": 8, "rope_theta": 500000.0,
+                    "rope_scaling": scaling})
+            .to_string(),
+        )
+        .unwrap();
+        assert!(matches!(cfg.rope_scaling, crate::model::RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+
+        let other_context = llama3_rope_factors(500000.0, 64, [32.0, 1.0, 4.0, 4096.0]);
+        assert!(llama3_scaling(&other_context, 500000.0, 64).unwrap_err().contains("not Llama 3's scaling"));
+        assert!(llama3_scaling(&stored[1..], 500000.0, 64).unwrap_err().contains("head_dim 64"));
     }
 }
