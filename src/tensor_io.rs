@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use memmap2::{Mmap, UncheckedAdvice};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo, TensorView, View};
 use tch::{Kind, Tensor};
 
 use crate::fsutil::write_atomically;
@@ -151,4 +151,74 @@ pub fn write_safetensors(
         use std::io::Write;
         file.write_all(&bytes)
     })
+}
+
+/// Name, dtype and shape of a tensor that [`write_safetensors_streamed`] will be given.
+pub struct TensorSpec {
+    pub name: String,
+    pub kind: Kind,
+    pub shape: Vec<i64>,
+}
+
+/// Writes a safetensors file whose tensors are produced one at a time, atomically like
+/// [`write_safetensors`]: the header is laid out from `specs`, then `produce(i)` is called for each
+/// spec in order and its bytes appended, so peak memory is one tensor rather than the whole model
+/// (a converted 8B model would otherwise be held twice over). A produced tensor whose dtype or
+/// shape differs from its spec is an error.
+pub fn write_safetensors_streamed(
+    path: &Path,
+    specs: &[TensorSpec],
+    metadata: Option<HashMap<String, String>>,
+    mut produce: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<()> {
+    let mut infos = Vec::with_capacity(specs.len());
+    let mut offset = 0usize;
+    for spec in specs {
+        let dtype = dtype_of(spec.kind)
+            .with_context(|| format!("tensor `{}`: dtype {:?} cannot be saved", spec.name, spec.kind))?;
+        let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+        let bytes = shape.iter().product::<usize>() * spec.kind.elt_size_in_bytes();
+        infos.push((spec.name.clone(), TensorInfo { dtype, shape, data_offsets: (offset, offset + bytes) }));
+        offset += bytes;
+    }
+    let header =
+        Metadata::new(metadata, infos).with_context(|| format!("cannot lay out the tensors of {}", path.display()))?;
+    // As the safetensors crate writes it: JSON padded with spaces to a multiple of 8 bytes.
+    let mut header = serde_json::to_string(&header)?.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    // write_atomically's closure speaks io::Error; the producer's own error is kept aside whole.
+    let mut failure = None;
+    let written = write_atomically(path, |file| {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        for (i, spec) in specs.iter().enumerate() {
+            let host = produce(i).and_then(|t| {
+                anyhow::ensure!(
+                    t.kind() == spec.kind && t.size() == spec.shape,
+                    "tensor `{}` is {:?} {:?}, declared {:?} {:?}",
+                    spec.name,
+                    t.kind(),
+                    t.size(),
+                    spec.kind,
+                    spec.shape
+                );
+                to_host(&spec.name, &t)
+            });
+            match host {
+                Ok(host) => out.write_all(&host.bytes)?,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("tensor production failed"));
+                }
+            }
+        }
+        out.flush()
+    });
+    match failure {
+        Some(e) => Err(e.context(format!("cannot write {}", path.display()))),
+        None => written,
+    }
 }

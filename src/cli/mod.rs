@@ -5,6 +5,7 @@ pub mod config_show;
 pub mod doctor;
 pub mod encode;
 pub mod export;
+pub mod import_gguf;
 pub mod logits;
 pub mod prepare_data;
 pub mod train;

@@ -1,6 +1,7 @@
 //! The decoder family (Llama / Qwen2 / Qwen3), its configuration and its checkpoint loading.
 
 pub mod config;
+pub mod gguf;
 pub mod llama;
 pub mod loader;
 pub mod weights;
