@@ -7,9 +7,9 @@ ENV := scripts/with-torch-env.sh
 demo:
 	$(ENV) scripts/demo.sh
 
-# tensorboard reads back the event files that tests/metrics.rs writes.
+# tensorboard reads back the event files tests/metrics.rs writes; transformers loads what tests/export.rs exports.
 test:
-	FOMAML_EXTRA_PIP="tensorboard==2.21.0" $(ENV) scripts/test.sh
+	FOMAML_EXTRA_PIP="tensorboard==2.21.0 transformers==5.23.0" $(ENV) scripts/test.sh
 
 build:
 	$(ENV) cargo build --workspace --release

@@ -6,6 +6,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::venv_python;
 use fomaml::metrics::{read_jsonl, JsonlSink, MetricSink, MultiSink, Record, TensorBoardSink};
 
 fn record(step: u64, scalars: &[(&str, f64)]) -> Record {
@@ -44,15 +46,6 @@ for tag in acc.Tags()["scalars"]:
     for event in acc.Scalars(tag):
         print(f"{tag}\t{event.step}\t{event.value!r}")
 "#;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("VIRTUAL_ENV").unwrap_or_else(|| {
-        panic!(
-            "VIRTUAL_ENV is not set: run the tests through `make test` (it provides the torch venv with tensorboard)"
-        )
-    });
-    Path::new(&venv).join("bin/python")
-}
 
 /// (tag, step, value) as `tensorboard`'s EventAccumulator reads `log_dir`, in tag then step order.
 fn tensorboard_scalars(log_dir: &Path) -> Vec<(String, u64, f64)> {

@@ -45,3 +45,12 @@ pub fn copy_fixture(arch: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The torch venv's python (scripts/with-torch-env.sh sets VIRTUAL_ENV; `make test` installs the
+/// Python packages the tests read their references with).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV").unwrap_or_else(|| {
+        panic!("VIRTUAL_ENV is not set: run the tests through `make test` (it provides the torch venv)")
+    });
+    Path::new(&venv).join("bin/python")
+}
