@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Until the trainer lands this checks the environment and
-# runs the bundled tiny Llama (tests/fixtures/golden/llama) forward, printing its loss.
-# Run through scripts/with-torch-env.sh (`make demo` does).
+# The main job on the embedded default: synthetic bins tasks + the tiny model, FOMAML against the
+# multi-task SFT baseline on CPU, then few-shot adaptation on held-out tasks (`fomaml demo`).
+# Run through scripts/with-torch-env.sh (`make demo` does). Extra arguments go to `fomaml demo`,
+# e.g. `scripts/with-torch-env.sh scripts/demo.sh --steps 300`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,9 +10,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # would compile libtorch's C++ wrapper a second time.
 cargo build --quiet --bin fomaml
 bin=target/debug/fomaml
-echo "== fomaml doctor"
 "$bin" doctor
 echo
-echo "== forward pass of the bundled tiny model"
-mkdir -p target/demo
-"$bin" logits --model tests/fixtures/golden/llama --input-ids 1,15,42,7,99,3,2 --out target/demo/logits.safetensors
+"$bin" demo --out runs/demo "$@"

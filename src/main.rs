@@ -23,6 +23,8 @@ enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(cli::config_show::ConfigCommand),
+    /// The embedded default end to end: synthetic tasks, tiny model, FOMAML vs SFT, few-shot report.
+    Demo(cli::demo::DemoArgs),
     /// Meta-train (FOMAML, or the SFT baseline) from a config; resumes from the newest checkpoint.
     Train(cli::train::TrainArgs),
     /// Write a checkpoint's parameters as a Hugging Face model directory.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => cli::logits::run(args),
         Command::Encode(args) => cli::encode::run(args),
         Command::Train(args) => cli::train::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::Export(args) => cli::export::run(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),

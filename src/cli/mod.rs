@@ -2,6 +2,7 @@
 //! the error chain on one line and exits non-zero.
 
 pub mod config_show;
+pub mod demo;
 pub mod doctor;
 pub mod encode;
 pub mod export;

@@ -53,6 +53,9 @@ pub struct SyntheticArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
+    /// No per-task table.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,9 +147,12 @@ fn write_task_files(
     out: &Path,
     tasks: &BTreeMap<String, TaskSplits>,
     tag_column: &str,
+    quiet: bool,
 ) -> Result<Vec<TaskSection>> {
     let mut sections = Vec::new();
-    println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
+    if !quiet {
+        println!("{:<28} {:>8} {:>8} {:>8}", "task", "support", "query", "test");
+    }
     for (name, splits) in tasks {
         let task_dir = dir.join(name);
         std::fs::create_dir(&task_dir)?;
@@ -161,7 +167,9 @@ fn write_task_files(
             write_parquet(&task_dir.join(format!("{split}.parquet")), &examples, &[(tag_column, tags)])?;
             files.push(out.join(name).join(format!("{split}.parquet")).display().to_string());
         }
-        println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
+        if !quiet {
+            println!("{name:<28} {:>8} {:>8} {:>8}", splits.support.len(), splits.query.len(), splits.test.len());
+        }
         sections.push(section);
     }
     Ok(sections)
@@ -176,7 +184,7 @@ fn write_tasks(
     origin: &str,
 ) -> Result<()> {
     let mut config = Config::default();
-    config.meta.tasks = write_task_files(dir, out, tasks, tag_column)?;
+    config.meta.tasks = write_task_files(dir, out, tasks, tag_column, false)?;
     let next = "Set model.partial_pretrain, then";
     write_config(dir, out, &config, origin, next)
 }
@@ -190,7 +198,7 @@ fn write_config(dir: &Path, out: &Path, config: &Config, origin: &str, next: &st
     Ok(())
 }
 
-fn synthetic(args: &SyntheticArgs) -> Result<()> {
+pub fn synthetic(args: &SyntheticArgs) -> Result<()> {
     let spec = SyntheticSpec {
         train_tasks: args.train_tasks,
         eval_tasks: args.eval_tasks,
@@ -203,9 +211,11 @@ fn synthetic(args: &SyntheticArgs) -> Result<()> {
     let out = absolute(&args.out)?;
     write_dir_atomically(&out, args.force, |dir| {
         let mut config = Config::embedded_default();
-        config.meta.tasks = write_task_files(dir, &out, &tasks.train, "label")?;
-        println!("held-out tasks:");
-        config.meta.eval_tasks = write_task_files(dir, &out, &tasks.eval, "label")?;
+        config.meta.tasks = write_task_files(dir, &out, &tasks.train, "label", args.quiet)?;
+        if !args.quiet {
+            println!("held-out tasks:");
+        }
+        config.meta.eval_tasks = write_task_files(dir, &out, &tasks.eval, "label", args.quiet)?;
         if !args.no_model {
             synthetic::write_tiny_model(&dir.join("model"), args.seed)?;
             config.model.partial_pretrain = out.join("model").display().to_string();

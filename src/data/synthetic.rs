@@ -213,14 +213,19 @@ fn normal_tensor(rng: &mut SplitMix64, shape: &[i64], std: f64) -> Tensor {
 /// Writes the tiny model (config.json, tokenizer.json, tokenizer_config.json and model.safetensors
 /// initialised from `seed` the way transformers initialises Llama: N(0, 0.02), norms at one) to `dir`.
 pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
+    write_model(dir, &tiny_config(), seed)
+}
+
+/// As [`write_tiny_model`] with another shape: `config` is [`tiny_config`] with fields changed
+/// (the vocabulary must stay the character tokenizer's).
+pub fn write_model(dir: &Path, config: &Json, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = tiny_config();
     let write_json = |name: &str, value: &Json| -> Result<()> {
         let path = dir.join(name);
         std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))
     };
-    write_json("config.json", &config)?;
+    write_json("config.json", config)?;
     write_json("tokenizer.json", &tokenizer_json())?;
     write_json("tokenizer_config.json", &tokenizer_config())?;
 

@@ -10,23 +10,45 @@ use tch::Tensor;
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
 use crate::meta::core::Learner;
-use crate::meta::loss::scored_tokens;
+use crate::meta::loss::{masked_nll_sum, scored_tokens};
 
-/// Mean token loss of `examples` (all of them, in batches of `batch_size`) at the current θ.
-pub fn split_loss(learner: &Learner, examples: &[EncodedExample], batch_size: usize) -> f64 {
+/// A split's score at the current θ.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitScore {
+    /// Mean token loss over the split's scored tokens.
+    pub loss: f64,
+    /// Share of examples whose every scored token is the argmax under teacher forcing (for a
+    /// one-token answer in a fixed format, the answer accuracy).
+    pub exact_match: f64,
+}
+
+/// Scores all of `examples`, in batches of `batch_size`, at the current θ.
+pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: usize) -> SplitScore {
     let _guard = tch::no_grad_guard();
-    let (mut sum, mut count) = (0.0, 0i64);
+    let (mut sum, mut count, mut exact) = (0.0, 0i64, 0i64);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&EncodedExample> = chunk.iter().collect();
         let batch = SftBatch::collate(&refs, learner.pad_id, learner.device);
-        sum += learner.loss_sum(&batch).double_value(&[]);
+        let logits = learner.logits(&batch);
+        sum += masked_nll_sum(&logits, &batch.input_ids, &batch.loss_mask).double_value(&[]);
         count += scored_tokens(&batch.loss_mask);
+        exact += exact_matches(&logits, &batch.input_ids, &batch.loss_mask);
     }
-    sum / count.max(1) as f64
+    SplitScore { loss: sum / count.max(1) as f64, exact_match: exact as f64 / examples.len().max(1) as f64 }
 }
 
-/// The `eval_split` loss after each number of SGD steps in `at_steps` (ascending; 0 = before any
-/// adaptation), adapting on support batches of `batch_size` at learning rate `lr`.
+/// Rows whose scored next-token predictions are all argmax-correct.
+fn exact_matches(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -> i64 {
+    let seq = input_ids.size()[1];
+    let predicted = logits.narrow(1, 0, seq - 1).argmax(-1, false);
+    let target = input_ids.narrow(1, 1, seq - 1);
+    let scored = loss_mask.narrow(1, 1, seq - 1).ne(0);
+    let wrong = predicted.ne_tensor(&target).logical_and(&scored);
+    wrong.any_dim(1, false).logical_not().sum(tch::Kind::Int64).int64_value(&[])
+}
+
+/// The `eval_split` score after each number of SGD steps in `at_steps` (ascending; 0 = before
+/// any adaptation), adapting on support batches of `batch_size` at learning rate `lr`.
 pub fn adaptation_curve(
     learner: &Learner,
     task: &TaskData,
@@ -34,7 +56,7 @@ pub fn adaptation_curve(
     lr: f64,
     batch_size: usize,
     eval_split: Split,
-) -> Vec<f64> {
+) -> Vec<SplitScore> {
     let theta = learner.snapshot();
     let support = task.examples(Split::Support);
     let target = task.examples(eval_split);
@@ -42,7 +64,7 @@ pub fn adaptation_curve(
     let mut losses = Vec::with_capacity(at_steps.len());
     for step in 0..=last {
         if at_steps.contains(&step) {
-            losses.push(split_loss(learner, target, batch_size));
+            losses.push(score_split(learner, target, batch_size));
         }
         if step == last {
             break;

@@ -58,11 +58,15 @@ impl Learner {
         CausalLm::new(&self.cfg, &weights)
     }
 
+    /// Logits of a batch at the current θ.
+    pub fn logits(&self, batch: &SftBatch) -> Tensor {
+        let model = self.model().expect("θ holds every weight the config names");
+        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
+    }
+
     /// The summed token loss of a batch (the caller divides by the token count it normalises by).
     pub fn loss_sum(&self, batch: &SftBatch) -> Tensor {
-        let model = self.model().expect("θ holds every weight the config names");
-        let logits = model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids));
-        masked_nll_sum(&logits, &batch.input_ids, &batch.loss_mask)
+        masked_nll_sum(&self.logits(batch), &batch.input_ids, &batch.loss_mask)
     }
 
     /// verl's SFT loss of a batch: mean over its scored tokens.

@@ -17,7 +17,7 @@ use crate::config::schema::{Algorithm, NanPolicy, ResumeMode};
 use crate::config::Config;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
-use crate::eval::adaptation_curve;
+use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
 use crate::meta::{fomaml, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
@@ -218,26 +218,26 @@ impl Trainer {
     }
 
     /// Few-shot evaluation: each target task adapted with the inner loop's K and α, its loss
-    /// before and after; θ restored.
+    /// and exact match before and after; θ restored.
     fn evaluate(&self) -> Vec<(String, f64)> {
         let meta = &self.config.meta;
         let steps = [0, meta.num_inner_steps];
-        let (mut before, mut after, mut per_task) = (Vec::new(), Vec::new(), Vec::new());
+        let mut curves = Vec::new();
         for (task, split) in &self.eval_tasks {
-            let losses = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split);
-            before.push(losses[0]);
-            after.push(losses[1]);
-            per_task.push((format!("eval/{}/adapted_loss", task.name), losses[1]));
+            let curve = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split);
+            curves.push((task.name.as_str(), curve));
         }
-        if before.is_empty() {
+        if curves.is_empty() {
             return Vec::new();
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let mean = |f: &dyn Fn(&[SplitScore]) -> f64| curves.iter().map(|(_, c)| f(c)).sum::<f64>() / curves.len() as f64;
         let mut scalars = vec![
-            ("eval/loss_before_adaptation".to_string(), mean(&before)),
-            ("eval/loss_after_adaptation".to_string(), mean(&after)),
+            ("eval/loss_before_adaptation".to_string(), mean(&|c| c[0].loss)),
+            ("eval/loss_after_adaptation".to_string(), mean(&|c| c[1].loss)),
+            ("eval/exact_match_before_adaptation".to_string(), mean(&|c| c[0].exact_match)),
+            ("eval/exact_match_after_adaptation".to_string(), mean(&|c| c[1].exact_match)),
         ];
-        scalars.extend(per_task);
+        scalars.extend(curves.iter().map(|(name, c)| (format!("eval/{name}/adapted_loss"), c[1].loss)));
         scalars
     }
 
@@ -344,6 +344,21 @@ fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> 
         scalars.push((format!("{}/adaptation_gap", o.name), o.adaptation_gap()));
     }
     scalars
+}
+
+/// θ of a checkpoint as model weights (fp32, CPU), in the order `cfg` names them.
+pub fn checkpoint_weights(checkpoint_dir: &Path, cfg: &crate::model::ModelConfig) -> Result<crate::model::Weights> {
+    let loaded = checkpoint::load(checkpoint_dir)?;
+    let tensors = loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", checkpoint_dir.display()))?;
+    let mut weights = crate::model::Weights::new();
+    for (name, shape) in cfg.parameter_shapes() {
+        let t = tensors.get(&name).with_context(|| format!("{}: `{name}` is missing", checkpoint_dir.display()))?;
+        if t.size() != shape {
+            bail!("{}: `{name}` has shape {:?}, the model {shape:?}", checkpoint_dir.display(), t.size());
+        }
+        weights.insert(name, t.shallow_clone());
+    }
+    Ok(weights)
 }
 
 /// The model directory a checkpoint was trained from (for export).
