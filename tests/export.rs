@@ -58,7 +58,8 @@ fn exported_checkpoint_loads_in_transformers_with_matching_logits() {
         "transformers could not load the export (run the tests through `make test`, which installs it):\n{}",
         String::from_utf8_lossy(&python.stderr)
     );
-    let expected: std::collections::HashMap<String, Tensor> = read_safetensors(&reference).unwrap().into_iter().collect();
+    let expected: std::collections::HashMap<String, Tensor> =
+        read_safetensors(&reference).unwrap().into_iter().collect();
 
     // Our decoder on the checkpoint's θ, on the ids transformers' tokenizer produced.
     let cfg = ModelConfig::from_dir(&out).unwrap();

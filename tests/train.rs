@@ -163,7 +163,8 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     assert_eq!(second.steps, 8);
 
     assert!(final_theta(&whole) == final_theta(&split), "θ differs after resume");
-    let (a, b) = (records_without_timing(&whole.join("metrics.jsonl")), records_without_timing(&split.join("metrics.jsonl")));
+    let (a, b) =
+        (records_without_timing(&whole.join("metrics.jsonl")), records_without_timing(&split.join("metrics.jsonl")));
     assert_eq!(a.len(), 8);
     assert_eq!(a, b, "logged metrics differ after resume");
 }
@@ -187,9 +188,8 @@ fn nan_policy_aborts_naming_the_step_and_task_or_skips() {
     assert_eq!(skipped, 2.0);
     let loaded = fomaml::checkpoint::load(&summary.last_checkpoint).unwrap();
     let saved = &loaded.files["model.safetensors"];
-    let names = fomaml::model::ModelConfig::from_dir(Path::new(&run.config.model.partial_pretrain))
-        .unwrap()
-        .parameter_shapes();
+    let names =
+        fomaml::model::ModelConfig::from_dir(Path::new(&run.config.model.partial_pretrain)).unwrap().parameter_shapes();
     for ((name, _), init) in names.iter().zip(&initial) {
         assert!(saved[name].equal(init), "{name} moved on a skipped step");
     }

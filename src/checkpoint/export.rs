@@ -34,10 +34,8 @@ pub fn export_hf(checkpoint_dir: &Path, model_file: &str, out: &Path, kind: Kind
             source.display()
         );
     }
-    let tensors = loaded
-        .files
-        .get(model_file)
-        .with_context(|| format!("{}: no {model_file}", checkpoint_dir.display()))?;
+    let tensors =
+        loaded.files.get(model_file).with_context(|| format!("{}: no {model_file}", checkpoint_dir.display()))?;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_kind(kind))).collect();

@@ -116,7 +116,8 @@ fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Re
         sections.iter().map(|s| TaskData::load(s, &encoding, &config.data, config.trainer.seed, 0, 1)).collect()
     };
     let held_out = load(&config.meta.eval_tasks)?;
-    let seen: Vec<TaskData> = load(&config.meta.tasks)?.into_iter().filter(|t| !t.examples(Split::Test).is_empty()).collect();
+    let seen: Vec<TaskData> =
+        load(&config.meta.tasks)?.into_iter().filter(|t| !t.examples(Split::Test).is_empty()).collect();
     let batch = config.meta.inner_batch_size;
 
     let mut best = Vec::new();

@@ -190,10 +190,8 @@ fn write_tasks(
 }
 
 fn write_config(dir: &Path, out: &Path, config: &Config, origin: &str, next: &str) -> Result<()> {
-    let header = format!(
-        "# Made by {origin}.\n# {next}: fomaml train --config {}\n",
-        out.join("config.yaml").display()
-    );
+    let header =
+        format!("# Made by {origin}.\n# {next}: fomaml train --config {}\n", out.join("config.yaml").display());
     std::fs::write(dir.join("config.yaml"), header + &config.to_yaml())?;
     Ok(())
 }

@@ -22,7 +22,9 @@ pub struct TrainArgs {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = Config::load(&args.config, &args.overrides)?;
-    let summary = Trainer::new(config).and_then(|t| t.run_until(args.stop_at_step)).with_context(|| format!("training {}", args.config.display()))?;
+    let summary = Trainer::new(config)
+        .and_then(|t| t.run_until(args.stop_at_step))
+        .with_context(|| format!("training {}", args.config.display()))?;
     println!("{} steps; run directory {}", summary.steps, summary.run_dir.display());
     Ok(())
 }

@@ -7,8 +7,8 @@ pub mod prepare_math;
 pub mod sampler;
 pub mod sft;
 pub mod synthetic;
-pub mod tasks;
 pub mod task_files;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use sft::{encode_example, EncodedExample, Truncation};

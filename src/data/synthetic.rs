@@ -229,7 +229,8 @@ pub fn write_model(dir: &Path, config: &Json, seed: u64) -> Result<()> {
     write_json("tokenizer.json", &tokenizer_json())?;
     write_json("tokenizer_config.json", &tokenizer_config())?;
 
-    let cfg = ModelConfig::from_json(&config.to_string()).map_err(|e| anyhow::anyhow!("the tiny model's config: {e}"))?;
+    let cfg =
+        ModelConfig::from_json(&config.to_string()).map_err(|e| anyhow::anyhow!("the tiny model's config: {e}"))?;
     let std = config["initializer_range"].as_f64().unwrap_or(0.02);
     let mut rng = SplitMix64::new(seed ^ stable_hash("tiny-model-init"));
     let tensors: Vec<(String, Tensor)> = cfg

@@ -139,7 +139,11 @@ impl Optimizer {
                 let name = format!("{prefix}.{i}");
                 let saved = get(&name).ok_or_else(|| format!("optimizer state `{name}` is missing"))?;
                 if saved.size() != t.size() {
-                    return Err(format!("optimizer state `{name}` has shape {:?}, expected {:?}", saved.size(), t.size()));
+                    return Err(format!(
+                        "optimizer state `{name}` has shape {:?}, expected {:?}",
+                        saved.size(),
+                        t.size()
+                    ));
                 }
                 t.copy_(&saved);
             }

@@ -28,19 +28,19 @@ impl Console {
     pub fn start(&mut self, step: u64, total: u64, run_dir: &Path, resumed_from: Option<&Path>) {
         self.total = total;
         self.every = (total / 20).max(1);
-        if !self.enabled {
-            return;
-        }
+        // Said whatever the loggers: where a run starts matters when reading its log.
         match resumed_from {
             Some(dir) => eprintln!("resuming from {} (step {step} of {total})", dir.display()),
             None => eprintln!("training {total} steps -> {}", run_dir.display()),
         }
-        if std::io::stderr().is_terminal() {
+        if self.enabled && std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total).with_position(step);
             bar.set_style(
-                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-                    .expect("valid template")
-                    .progress_chars("##-"),
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("##-"),
             );
             bar.enable_steady_tick(Duration::from_millis(250));
             self.bar = Some(bar);
@@ -95,11 +95,9 @@ impl Console {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        if self.enabled {
-            if let Some(record) = last {
-                eprintln!("done at step {}: {}", record.step, Self::summary(record));
-            }
-            eprintln!("checkpoint: {}", checkpoint.display());
+        if let (true, Some(record)) = (self.enabled, last) {
+            eprintln!("done at step {}: {}", record.step, Self::summary(record));
         }
+        eprintln!("checkpoint: {}", checkpoint.display());
     }
 }

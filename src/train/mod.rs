@@ -198,10 +198,7 @@ impl Trainer {
     fn check_finite(&self, outcomes: &[TaskOutcome], grad_norm: f64) -> Result<bool> {
         let bad_task = outcomes.iter().find(|o| !o.support_loss.is_finite() || !o.query_loss.is_finite());
         let problem = match bad_task {
-            Some(o) => format!(
-                "task `{}`: support loss {}, query loss {}",
-                o.name, o.support_loss, o.query_loss
-            ),
+            Some(o) => format!("task `{}`: support loss {}, query loss {}", o.name, o.support_loss, o.query_loss),
             None if !grad_norm.is_finite() => format!("gradient norm is {grad_norm}"),
             None => return Ok(true),
         };
@@ -230,7 +227,8 @@ impl Trainer {
         if curves.is_empty() {
             return Vec::new();
         }
-        let mean = |f: &dyn Fn(&[SplitScore]) -> f64| curves.iter().map(|(_, c)| f(c)).sum::<f64>() / curves.len() as f64;
+        let mean =
+            |f: &dyn Fn(&[SplitScore]) -> f64| curves.iter().map(|(_, c)| f(c)).sum::<f64>() / curves.len() as f64;
         let mut scalars = vec![
             ("eval/loss_before_adaptation".to_string(), mean(&|c| c[0].loss)),
             ("eval/loss_after_adaptation".to_string(), mean(&|c| c[1].loss)),
@@ -264,7 +262,8 @@ impl Trainer {
             serde_json::to_value(state).expect("state serialises"),
         );
         let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
-        let params: Vec<(String, Tensor)> = self.learner.named_params().iter().map(|(n, t)| (n.to_string(), cpu(t))).collect();
+        let params: Vec<(String, Tensor)> =
+            self.learner.named_params().iter().map(|(n, t)| (n.to_string(), cpu(t))).collect();
         let optim: Vec<(String, Tensor)> = self.optimizer.state().into_iter().map(|(n, t)| (n, cpu(t))).collect();
         let dir = checkpoint::save(
             &self.checkpoint_root(),
@@ -301,7 +300,8 @@ impl Trainer {
             }
             param.shallow_clone().copy_(saved);
         }
-        let optim = loaded.files.get(OPTIMIZER_FILE).with_context(|| format!("{}: no {OPTIMIZER_FILE}", dir.display()))?;
+        let optim =
+            loaded.files.get(OPTIMIZER_FILE).with_context(|| format!("{}: no {OPTIMIZER_FILE}", dir.display()))?;
         self.optimizer
             .load_state(state.optimizer_steps, |name| optim.get(name).map(Tensor::shallow_clone))
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
@@ -326,7 +326,8 @@ fn named_refs(tensors: &[(String, Tensor)]) -> Vec<(&str, &Tensor)> {
 fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> {
     let n = outcomes.len().max(1) as f64;
     let mean = |f: &dyn Fn(&TaskOutcome) -> f64| outcomes.iter().map(f).sum::<f64>() / n;
-    let variance = |f: &dyn Fn(&TaskOutcome) -> f64, m: f64| outcomes.iter().map(|o| (f(o) - m).powi(2)).sum::<f64>() / n;
+    let variance =
+        |f: &dyn Fn(&TaskOutcome) -> f64, m: f64| outcomes.iter().map(|o| (f(o) - m).powi(2)).sum::<f64>() / n;
     let query = mean(&|o| o.query_loss);
     let gap = mean(&|o| o.adaptation_gap());
     let mut scalars = vec![
@@ -349,7 +350,8 @@ fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> 
 /// θ of a checkpoint as model weights (fp32, CPU), in the order `cfg` names them.
 pub fn checkpoint_weights(checkpoint_dir: &Path, cfg: &crate::model::ModelConfig) -> Result<crate::model::Weights> {
     let loaded = checkpoint::load(checkpoint_dir)?;
-    let tensors = loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", checkpoint_dir.display()))?;
+    let tensors =
+        loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", checkpoint_dir.display()))?;
     let mut weights = crate::model::Weights::new();
     for (name, shape) in cfg.parameter_shapes() {
         let t = tensors.get(&name).with_context(|| format!("{}: `{name}` is missing", checkpoint_dir.display()))?;

@@ -47,7 +47,9 @@ pub fn check(config: &Config) -> Result<()> {
     }
     match (meta.algorithm, meta.use_fomaml) {
         (Algorithm::Fomaml, true) | (Algorithm::Sft, _) => Ok(()),
-        (Algorithm::Fomaml, false) => bail!("meta.use_fomaml: false (second-order MAML) is not available in this build"),
+        (Algorithm::Fomaml, false) => {
+            bail!("meta.use_fomaml: false (second-order MAML) is not available in this build")
+        }
         (other, _) => bail!("meta.algorithm {other:?} is not available in this build; use fomaml or sft"),
     }
 }
