@@ -285,3 +285,34 @@ fn gsm_symbolic_tasks_by_language_from_a_wheel_or_a_directory() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("no language `deu`") && err.contains("eng, fra"), "{err}");
 }
+
+#[test]
+fn synthetic_family_writes_tasks_the_tiny_model_and_a_ready_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bins");
+    let args = ["--train-tasks", "5", "--eval-tasks", "3", "--support", "4", "--query", "6", "--test", "2"];
+    let run = fomaml(&[&["prepare-data", "synthetic", "--out", out.to_str().unwrap()][..], &args[..]].concat());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let config = Config::load(&out.join("config.yaml"), &[]).unwrap();
+    assert_eq!((config.meta.tasks.len(), config.meta.eval_tasks.len()), (5, 3));
+    assert_eq!(config.model.partial_pretrain, out.join("model").display().to_string());
+    let task = &config.meta.eval_tasks[0];
+    let support = read_file(Path::new(&task.support_files[0]), &cols(), None).unwrap();
+    let query = read_file(Path::new(&task.query_files[0]), &cols(), None).unwrap();
+    assert_eq!((support.len(), query.len()), (4, 6));
+    // The prompt is the number alone; the answer a boxed bin letter.
+    assert!(support.iter().all(|e| e.prompt.starts_with("Bin ") && e.response.len() == "\\boxed{A}".len()));
+    // The tiny model loads and encodes an example.
+    let tokenizer = fomaml::data::ChatTokenizer::from_dir(&out.join("model")).unwrap();
+    assert_eq!(tokenizer.decode(&tokenizer.encode("Bin 42 \\boxed{B}").unwrap()).unwrap(), "Bin 42 \\boxed{B}");
+
+    // More examples than a task has numbers: a one-line error, nothing written.
+    let bad = tmp.path().join("bad");
+    let run =
+        fomaml(&["prepare-data", "synthetic", "--out", bad.to_str().unwrap(), "--support", "60", "--query", "60"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("distinct numbers"));
+    assert!(!bad.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "a temp directory was left behind");
+}

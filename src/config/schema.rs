@@ -25,6 +25,14 @@ pub enum OptimizerType {
     Sgd,
 }
 
+/// The inner loop's optimizer (Reptile may use Adam; FOMAML is defined with SGD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerOptimizerType {
+    Sgd,
+    Adam,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrScheduler {
@@ -150,6 +158,8 @@ pub struct MetaSection {
     /// The seeds' switch; `false` with algorithm fomaml means second-order maml.
     pub use_fomaml: bool,
     pub inner_lr: f64,
+    /// sgd, or adam (fresh state per task; Reptile only).
+    pub inner_optimizer: InnerOptimizerType,
     pub num_inner_steps: usize,
     pub inner_batch_size: usize,
     /// The meta (outer) learning rate.
@@ -169,6 +179,7 @@ impl Default for MetaSection {
             algorithm: Algorithm::Fomaml,
             use_fomaml: true,
             inner_lr: 1e-4,
+            inner_optimizer: InnerOptimizerType::Sgd,
             num_inner_steps: 5,
             inner_batch_size: 4,
             outer_lr: 3e-5,

@@ -7,10 +7,12 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::config::schema::{InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
 use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
 use crate::meta::loss::{masked_nll_sum, scored_tokens};
 use crate::model::{CausalLm, ModelConfig, ModelError, Weights};
+use crate::optim::Optimizer;
 
 pub struct Learner {
     cfg: ModelConfig,
@@ -128,6 +130,33 @@ pub struct Adaptation {
     pub tokens: i64,
 }
 
+/// How the inner loop updates θ′: plain SGD (MAML's definition) or Adam with fresh state per task
+/// (an option of Reptile).
+pub enum InnerOptimizer {
+    Sgd { lr: f64 },
+    Adam(Optimizer),
+}
+
+impl InnerOptimizer {
+    /// The optimizer `meta.inner_optimizer` names, fresh for one task.
+    pub fn for_task(meta: &MetaSection, optim: &OptimSection, learner: &Learner) -> Self {
+        match meta.inner_optimizer {
+            InnerOptimizerType::Sgd => InnerOptimizer::Sgd { lr: meta.inner_lr },
+            InnerOptimizerType::Adam => {
+                let adam = OptimSection { optimizer_type: OptimizerType::AdamW, weight_decay: 0.0, ..optim.clone() };
+                InnerOptimizer::Adam(Optimizer::new(&adam, meta.inner_lr, learner.params()))
+            }
+        }
+    }
+
+    fn step(&mut self, learner: &Learner, grads: &[Tensor]) {
+        match self {
+            InnerOptimizer::Sgd { lr } => learner.sgd_(grads, *lr),
+            InnerOptimizer::Adam(adam) => adam.step(learner.params(), grads, 1.0),
+        }
+    }
+}
+
 /// The inner loop: `steps` SGD steps on support batches of `batch_size` from the task's sampler
 /// (a fresh batch per step, or the first reused when `fresh_batches` is off). θ is left at θ′.
 pub fn adapt(
@@ -137,6 +166,18 @@ pub fn adapt(
     lr: f64,
     batch_size: usize,
     fresh_batches: bool,
+) -> Adaptation {
+    adapt_with(learner, task, steps, batch_size, fresh_batches, &mut InnerOptimizer::Sgd { lr })
+}
+
+/// [`adapt`] with any inner optimizer.
+pub fn adapt_with(
+    learner: &Learner,
+    task: &mut TaskData,
+    steps: usize,
+    batch_size: usize,
+    fresh_batches: bool,
+    optimizer: &mut InnerOptimizer,
 ) -> Adaptation {
     let mut out = Adaptation::default();
     let mut batch = None;
@@ -149,7 +190,7 @@ pub fn adapt(
         out.support_losses.push(loss.double_value(&[]));
         out.tokens += batch_tokens(batch);
         let grads = learner.gradients(&loss);
-        learner.sgd_(&grads, lr);
+        optimizer.step(learner, &grads);
     }
     out
 }

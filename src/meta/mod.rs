@@ -3,6 +3,7 @@
 pub mod core;
 pub mod fomaml;
 pub mod loss;
+pub mod reptile;
 pub mod sft;
 
 /// One task's part of a step: the seeds' per-task metrics.

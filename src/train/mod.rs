@@ -19,7 +19,7 @@ use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
-use crate::meta::{fomaml, sft, TaskOutcome};
+use crate::meta::{fomaml, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
 use crate::optim::{clip_grad_norm, Optimizer, Schedule};
 use crate::runtime::{peak_rss_bytes, reset_peak_rss};
@@ -133,6 +133,9 @@ impl Trainer {
             let outcomes = match self.config.meta.algorithm {
                 Algorithm::Fomaml => fomaml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad),
                 Algorithm::Sft => sft::gradient(&self.learner, &mut batch, &self.config.meta, &grad),
+                Algorithm::Reptile => {
+                    reptile::direction(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)
+                }
                 other => bail!("meta.algorithm {other:?} is not available in this build"),
             };
 

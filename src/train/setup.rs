@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use tch::Kind;
 
 use crate::cli::parse_device;
-use crate::config::schema::Algorithm;
+use crate::config::schema::{Algorithm, InnerOptimizerType};
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
@@ -45,8 +45,11 @@ pub fn check(config: &Config) -> Result<()> {
             bail!("task name `{}` appears twice in meta.tasks / meta.eval_tasks", task.name);
         }
     }
+    if meta.inner_optimizer != InnerOptimizerType::Sgd && meta.algorithm != Algorithm::Reptile {
+        bail!("meta.inner_optimizer: adam is for algorithm reptile; {:?} adapts with SGD", meta.algorithm);
+    }
     match (meta.algorithm, meta.use_fomaml) {
-        (Algorithm::Fomaml, true) | (Algorithm::Sft, _) => Ok(()),
+        (Algorithm::Fomaml, true) | (Algorithm::Sft, _) | (Algorithm::Reptile, _) => Ok(()),
         (Algorithm::Fomaml, false) => {
             bail!("meta.use_fomaml: false (second-order MAML) is not available in this build")
         }

@@ -1,0 +1,56 @@
+//! Reptile (Nichol, Achiam, Schulman 2018), batched over the meta-batch:
+//!
+//! for each task i, from θ:
+//!     θ_i ← K steps of the inner optimizer (SGD, or Adam with fresh state) on support batches
+//! θ ← θ + ε · mean_i(θ_i − θ)
+//!
+//! The update is handed to the outer optimizer as the direction θ − mean_i θ_i, so with
+//! `optim.optimizer_type: SGD` and `meta.outer_lr` = ε it is exactly the rule above, and the
+//! schedule (e.g. linear to 0) is Reptile's outer step-size decay. The query loss at θ_i is
+//! measured (no gradient) for the seeds' metrics.
+
+use tch::Tensor;
+
+use super::core::{accumulate, adapt_with, batch_tokens, InnerOptimizer, Learner};
+use super::TaskOutcome;
+use crate::config::schema::{MetaSection, OptimSection};
+use crate::data::tasks::{Split, TaskData};
+
+pub fn direction(
+    learner: &Learner,
+    tasks: &mut [&mut TaskData],
+    meta: &MetaSection,
+    optim: &OptimSection,
+    direction: &[Tensor],
+) -> Vec<TaskOutcome> {
+    for d in direction {
+        let _ = d.shallow_clone().zero_();
+    }
+    let theta = learner.snapshot();
+    let scale = 1.0 / tasks.len() as f64;
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks.iter_mut() {
+        let mut inner = InnerOptimizer::for_task(meta, optim, learner);
+        let adaptation = adapt_with(
+            learner,
+            task,
+            meta.num_inner_steps,
+            meta.inner_batch_size,
+            meta.fresh_support_batch_per_step,
+            &mut inner,
+        );
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query_loss = tch::no_grad(|| learner.loss(&query)).double_value(&[]);
+        // direction += (θ − θ_i) / n
+        let moved: Vec<Tensor> = theta.iter().zip(learner.params()).map(|(t, p)| t - p.detach()).collect();
+        accumulate(direction, &moved, scale);
+        learner.restore(&theta);
+        outcomes.push(TaskOutcome {
+            name: task.name.clone(),
+            support_loss: adaptation.support_losses.last().copied().unwrap_or(f64::NAN),
+            query_loss,
+            tokens: adaptation.tokens + batch_tokens(&query),
+        });
+    }
+    outcomes
+}
