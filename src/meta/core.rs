@@ -22,15 +22,19 @@ pub struct Learner {
     compute_kind: Kind,
     pub device: Device,
     pub pad_id: i64,
+    /// Build the decoder with twice-differentiable attention (second-order MAML).
+    pub second_order: bool,
 }
 
 impl Learner {
-    /// `weights` are cast to fp32 master copies on `device`; forward passes run in `compute_kind`.
+    /// `weights` are cast to fp32 master copies on `device` (fp64 when `compute_kind` is fp64, for
+    /// numerical checks); forward passes run in `compute_kind`.
     pub fn new(cfg: ModelConfig, weights: Weights, device: Device, compute_kind: Kind, pad_id: i64) -> Self {
-        let weights = weights.to(device, Kind::Float).requires_grad();
+        let master = if compute_kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let weights = weights.to(device, master).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
-        Self { cfg, names, params, compute_kind, device, pad_id }
+        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -49,21 +53,27 @@ impl Learner {
         self.names.iter().map(String::as_str).zip(&self.params).collect()
     }
 
-    /// The decoder over the current θ (cast to the compute dtype; the cast is differentiable, so
-    /// gradients arrive in fp32).
-    fn model(&self) -> Result<CausalLm, ModelError> {
+    /// The decoder over `params` (θ, or weights derived from it), cast to the compute dtype; the
+    /// cast is differentiable, so gradients arrive in the master dtype.
+    fn model(&self, params: &[Tensor]) -> Result<CausalLm, ModelError> {
         let mut weights = Weights::new();
-        for (name, p) in self.names.iter().zip(&self.params) {
+        for (name, p) in self.names.iter().zip(params) {
             let w = if p.kind() == self.compute_kind { p.shallow_clone() } else { p.to_kind(self.compute_kind) };
             weights.insert(name.clone(), w);
         }
-        CausalLm::new(&self.cfg, &weights)
+        let model = CausalLm::new(&self.cfg, &weights)?;
+        Ok(if self.second_order { model.twice_differentiable() } else { model })
+    }
+
+    /// Logits of a batch at `params`.
+    pub fn logits_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
+        let model = self.model(params).expect("θ holds every weight the config names");
+        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
     }
 
     /// Logits of a batch at the current θ.
     pub fn logits(&self, batch: &SftBatch) -> Tensor {
-        let model = self.model().expect("θ holds every weight the config names");
-        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
+        self.logits_at(&self.params, batch)
     }
 
     /// The summed token loss of a batch (the caller divides by the token count it normalises by).
@@ -71,9 +81,15 @@ impl Learner {
         masked_nll_sum(&self.logits(batch), &batch.input_ids, &batch.loss_mask)
     }
 
-    /// verl's SFT loss of a batch: mean over its scored tokens.
+    /// verl's SFT loss of a batch at `params`: mean over its scored tokens.
+    pub fn loss_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
+        let sum = masked_nll_sum(&self.logits_at(params, batch), &batch.input_ids, &batch.loss_mask);
+        sum / scored_tokens(&batch.loss_mask).max(1) as f64
+    }
+
+    /// verl's SFT loss of a batch at the current θ.
     pub fn loss(&self, batch: &SftBatch) -> Tensor {
-        self.loss_sum(batch) / scored_tokens(&batch.loss_mask).max(1) as f64
+        self.loss_at(&self.params, batch)
     }
 
     /// ∂loss/∂θ, one tensor per parameter; create_graph off, graph freed.

@@ -9,7 +9,7 @@ use tch::{Kind, Reduction, Tensor};
 
 const IGNORE: i64 = -100;
 
-/// The summed token-level cross-entropy (fp32 scalar) of next-token prediction on scored tokens.
+/// The summed token-level cross-entropy (an fp32 scalar; fp64 for fp64 logits) of next-token prediction on scored tokens.
 ///
 /// `logits` [batch, seq, vocab]; `input_ids` and `loss_mask` [batch, seq], loss_mask 1 on response
 /// tokens and eos, 0 on prompt and padding.
@@ -17,7 +17,9 @@ pub fn masked_nll_sum(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -
     let (batch, seq, vocab) = logits.size3().expect("logits are [batch, seq, vocab]");
     let scored = loss_mask.narrow(1, 1, seq - 1).to_kind(Kind::Bool);
     let labels = input_ids.narrow(1, 1, seq - 1).masked_fill(&scored.logical_not(), IGNORE);
-    let predictions = logits.narrow(1, 0, seq - 1).to_kind(Kind::Float).reshape([batch * (seq - 1), vocab]);
+    // fp32 at least (bf16 logits are widened); fp64 stays fp64 for numerical checks.
+    let wide = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    let predictions = logits.narrow(1, 0, seq - 1).to_kind(wide).reshape([batch * (seq - 1), vocab]);
     predictions.cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 

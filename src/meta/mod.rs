@@ -3,6 +3,7 @@
 pub mod core;
 pub mod fomaml;
 pub mod loss;
+pub mod maml;
 pub mod reptile;
 pub mod sft;
 

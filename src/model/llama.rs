@@ -38,11 +38,12 @@ impl RmsNorm {
         Ok(Self { weight: w.get(name)?, eps })
     }
 
-    /// Normalises over the last dimension in fp32, as transformers does for every dtype.
+    /// Normalises over the last dimension in fp32 (fp64 stays fp64), as transformers does.
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let x32 = x.to_kind(Kind::Float);
-        let variance = x32.square().mean_dim(-1, true, Kind::Float);
+        let wide = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let x32 = x.to_kind(wide);
+        let variance = x32.square().mean_dim(-1, true, wide);
         let normed = x32 * (variance + self.eps).rsqrt();
         &self.weight * normed.to_kind(kind)
     }
@@ -127,6 +128,7 @@ struct Attention {
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
+    twice_differentiable: bool,
 }
 
 impl Attention {
@@ -148,6 +150,7 @@ impl Attention {
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
+            twice_differentiable: false,
         })
     }
 
@@ -170,6 +173,15 @@ impl Attention {
         // 3. Scaled dot-product attention; kv heads are shared by groups of query heads.
         let gqa = self.num_kv_heads != self.num_heads;
         let out = match mask {
+            // The math kernel is the one libtorch can differentiate twice (second-order MAML).
+            _ if self.twice_differentiable => {
+                let explicit = match mask {
+                    AttentionMask::Causal => None,
+                    AttentionMask::Explicit(m) => Some(m),
+                };
+                let causal = explicit.is_none();
+                Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, explicit, 0.0, causal, None, None, gqa).0
+            }
             AttentionMask::Causal => {
                 Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
             }
@@ -252,6 +264,15 @@ impl CausalLm {
             lm_head,
             vocab_size: cfg.vocab_size,
         })
+    }
+
+    /// Attention through libtorch's math kernel, the one with a second derivative (the fused
+    /// kernels have none), for second-order MAML. Slower; same values.
+    pub fn twice_differentiable(mut self) -> Self {
+        for layer in &mut self.layers {
+            layer.self_attn.twice_differentiable = true;
+        }
+        self
     }
 
     pub fn vocab_size(&self) -> i64 {

@@ -19,7 +19,7 @@ use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
-use crate::meta::{fomaml, reptile, sft, TaskOutcome};
+use crate::meta::{fomaml, maml, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
 use crate::optim::{clip_grad_norm, Optimizer, Schedule};
 use crate::runtime::{peak_rss_bytes, reset_peak_rss};
@@ -131,7 +131,12 @@ impl Trainer {
 
             // 2. The update direction, left in `grad`: the meta-gradient, or the SFT gradient.
             let outcomes = match self.config.meta.algorithm {
-                Algorithm::Fomaml => fomaml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad),
+                Algorithm::Fomaml if self.config.meta.use_fomaml => {
+                    fomaml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad)
+                }
+                Algorithm::Fomaml | Algorithm::Maml => {
+                    maml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad)
+                }
                 Algorithm::Sft => sft::gradient(&self.learner, &mut batch, &self.config.meta, &grad),
                 Algorithm::Reptile => {
                     reptile::direction(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)

@@ -79,7 +79,9 @@ pub fn load(config: &Config) -> Result<Loaded> {
     let tokenizer = ChatTokenizer::from_dir(&model_dir).context("model.partial_pretrain")?;
     let model_cfg = ModelConfig::from_dir(&model_dir).context("model.partial_pretrain")?;
     let weights = load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
-    let learner = Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id);
+    let mut learner = Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id);
+    learner.second_order = config.meta.algorithm == Algorithm::Maml
+        || (config.meta.algorithm == Algorithm::Fomaml && !config.meta.use_fomaml);
 
     let encoding = Encoding::new(&tokenizer, &config.data);
     let seed = config.trainer.seed;
