@@ -25,7 +25,7 @@ enum Command {
     Config(cli::config_show::ConfigCommand),
     /// The embedded default end to end: synthetic tasks, tiny model, FOMAML vs SFT, few-shot report.
     Demo(cli::demo::DemoArgs),
-    /// Meta-train (FOMAML, or the SFT baseline) from a config; resumes from the newest checkpoint.
+    /// Meta-train from a config (meta.algorithm: fomaml, maml, reptile, sft); resumes from the newest checkpoint.
     Train(cli::train::TrainArgs),
     /// Write a checkpoint's parameters as a Hugging Face model directory.
     Export(cli::export::ExportArgs),
