@@ -245,6 +245,8 @@ pub struct TrainerSection {
     pub device: String,
     /// What a NaN/Inf loss or gradient does: skip the step, or abort the run.
     pub nan_policy: NanPolicy,
+    /// libtorch's intra-op threads (default: libtorch's choice, OMP_NUM_THREADS when set).
+    pub num_threads: Option<usize>,
 }
 
 impl Default for TrainerSection {
@@ -259,6 +261,7 @@ impl Default for TrainerSection {
             default_local_dir: "runs".into(),
             device: "auto".into(),
             nan_policy: NanPolicy::Abort,
+            num_threads: None,
         }
     }
 }

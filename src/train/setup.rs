@@ -73,6 +73,12 @@ pub struct Loaded {
 }
 
 pub fn load(config: &Config) -> Result<Loaded> {
+    if let Some(threads) = config.trainer.num_threads {
+        if threads == 0 {
+            bail!("trainer.num_threads must be at least 1");
+        }
+        tch::set_num_threads(threads as i32);
+    }
     let device = parse_device(&config.trainer.device).context("trainer.device")?;
     let kind = compute_kind(&config.model.dtype)?;
     let model_dir = PathBuf::from(&config.model.partial_pretrain);
