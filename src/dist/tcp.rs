@@ -77,11 +77,7 @@ impl TcpComm {
     }
 
     /// Runs one collective: numbers it, and on failure aborts the peers and poisons `self`.
-    fn run(
-        &mut self,
-        op: OpKind,
-        body: impl FnOnce(&mut Self, u64) -> Result<(), CommError>,
-    ) -> Result<(), CommError> {
+    fn run(&mut self, op: OpKind, body: impl FnOnce(&mut Self, u64) -> Result<(), CommError>) -> Result<(), CommError> {
         if let Some(first) = &self.broken {
             return Err(CommError::Broken { op, rank: self.rank, first: first.clone() });
         }

@@ -36,7 +36,8 @@ pub(crate) fn mesh(
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("rank {q} published an unreadable address {value:?}"))?;
-        let stream = dial(addr, rank, world, q, deadline).map_err(|e| format!("connecting to rank {q} at {addr}: {e}"))?;
+        let stream =
+            dial(addr, rank, world, q, deadline).map_err(|e| format!("connecting to rank {q} at {addr}: {e}"))?;
         out.push((q, stream));
     }
     out.extend(accept_higher(&listener, rank, world, deadline, timeout)?);
@@ -75,11 +76,7 @@ fn accept_higher(
         if now >= deadline {
             let missing: Vec<usize> = (rank + 1..world).filter(|q| got.iter().all(|(r, _)| r != q)).collect();
             let why = rejected.map(|r| format!("; refused a connection: {r}")).unwrap_or_default();
-            return Err(format!(
-                "{} did not connect within {} s{why}",
-                ranks_phrase(&missing),
-                format_secs(timeout)
-            ));
+            return Err(format!("{} did not connect within {} s{why}", ranks_phrase(&missing), format_secs(timeout)));
         }
         match listener.accept() {
             Ok((mut s, from)) => match greet(&mut s, rank, world, deadline) {

@@ -136,7 +136,13 @@ impl StoreClient {
             Ok(()) => Ok(()),
             Err(StoreError::Timeout { timeout, .. }) => {
                 let arrived = self.add(&count_key, 0)?;
-                Err(StoreError::BarrierTimeout { addr: self.addr.clone(), name: name.into(), timeout, arrived, world_size })
+                Err(StoreError::BarrierTimeout {
+                    addr: self.addr.clone(),
+                    name: name.into(),
+                    timeout,
+                    arrived,
+                    world_size,
+                })
             }
             Err(e) => Err(e),
         }
@@ -153,8 +159,10 @@ impl StoreClient {
         self.stream.set_read_timeout(Some(blocking_for + REPLY_SLACK)).map_err(io_err)?;
         write_frame(&mut self.stream, &req.encode()).map_err(io_err)?;
         let body = read_frame(&mut self.stream).map_err(io_err)?;
-        let resp = Response::decode(&body)
-            .map_err(|detail| StoreError::Protocol { addr: self.addr.clone(), detail: format!("bad reply: {detail}") })?;
+        let resp = Response::decode(&body).map_err(|detail| StoreError::Protocol {
+            addr: self.addr.clone(),
+            detail: format!("bad reply: {detail}"),
+        })?;
         self.broken = false;
         match resp {
             Response::Error(msg) => Err(StoreError::Protocol { addr: self.addr.clone(), detail: msg }),
