@@ -7,9 +7,10 @@ ENV := scripts/with-torch-env.sh
 demo:
 	$(ENV) scripts/demo.sh
 
-# tensorboard reads back the event files tests/metrics.rs writes; transformers loads what tests/export.rs exports.
+# tensorboard reads back the event files tests/metrics.rs writes; transformers and peft load what
+# tests/export.rs and tests/lora.rs export.
 test:
-	FOMAML_EXTRA_PIP="tensorboard==2.21.0 transformers==5.23.0" $(ENV) scripts/test.sh
+	FOMAML_EXTRA_PIP="tensorboard==2.21.0 transformers==5.23.0 peft==0.21.2" $(ENV) scripts/test.sh
 
 build:
 	$(ENV) cargo build --workspace --release

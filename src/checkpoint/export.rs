@@ -4,10 +4,12 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::load;
+use crate::config::Config;
 use crate::fsutil::write_dir_atomically;
+use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
 use crate::tensor_io::write_safetensors;
 
 /// Files copied from the source model directory when present (config.json is required).
@@ -24,7 +26,18 @@ const COPIED: [&str; 8] = [
 
 /// Writes `out` from the checkpoint at `checkpoint_dir`, the weights cast to `kind`. `out` is
 /// built beside itself and renamed into place; an existing `out` needs `force`.
-pub fn export_hf(checkpoint_dir: &Path, model_file: &str, out: &Path, kind: Kind, force: bool) -> Result<()> {
+///
+/// A full-parameter run gives a Hugging Face model directory. A LoRA run gives a PEFT adapter
+/// directory (adapter_config.json + adapter_model.safetensors over the run's base model), or with
+/// `merge` the base model with the adapter merged in.
+pub fn export_hf(
+    checkpoint_dir: &Path,
+    model_file: &str,
+    out: &Path,
+    kind: Kind,
+    merge: bool,
+    force: bool,
+) -> Result<()> {
     let loaded = load(checkpoint_dir).with_context(|| format!("checkpoint {}", checkpoint_dir.display()))?;
     let source = Path::new(&loaded.meta.model_source);
     if !source.join("config.json").is_file() {
@@ -38,17 +51,51 @@ pub fn export_hf(checkpoint_dir: &Path, model_file: &str, out: &Path, kind: Kind
         loaded.files.get(model_file).with_context(|| format!("{}: no {model_file}", checkpoint_dir.display()))?;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
-    let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_kind(kind))).collect();
-    write_dir_atomically(out, force, |dir| {
+    let is_lora = names.iter().any(|n| n.ends_with(".lora_A.weight"));
+    if merge && !is_lora {
+        bail!("{}: --merge is for LoRA checkpoints; this one holds full parameters", checkpoint_dir.display());
+    }
+    let copy_model_files = |dir: &Path| -> Result<()> {
         for name in COPIED {
             let from = source.join(name);
             if from.is_file() {
                 std::fs::copy(&from, dir.join(name)).with_context(|| format!("cannot copy {}", from.display()))?;
             }
         }
-        let refs: Vec<(&str, &Tensor)> = cast.iter().map(|(n, t)| (*n, t)).collect();
+        Ok(())
+    };
+    let write_model = |dir: &Path, weights: &[(&str, Tensor)]| -> Result<()> {
+        let refs: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (*n, t)).collect();
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("format".to_string(), "pt".to_string());
         write_safetensors(&dir.join("model.safetensors"), &refs, Some(metadata))
-    })
+    };
+    if !is_lora {
+        let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_kind(kind))).collect();
+        return write_dir_atomically(out, force, |dir| {
+            copy_model_files(dir)?;
+            write_model(dir, &cast)
+        });
+    }
+    let config = Config::from_yaml(&loaded.meta.config, "the checkpoint's config", &[])?;
+    let m = &config.model;
+    let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?.with_context(
+        || format!("{}: LoRA tensors but model.lora_rank is 0 in its config", checkpoint_dir.display()),
+    )?;
+    if merge {
+        let cfg = ModelConfig::from_dir(source)?;
+        let base = load_weights(source, &cfg, Kind::Float, Device::Cpu)?;
+        let mut adapter = Weights::new();
+        for n in &names {
+            adapter.insert(n.as_str(), tensors[*n].shallow_clone());
+        }
+        let merged = lora.merge(&base, &adapter)?;
+        let cast: Vec<(&str, Tensor)> = merged.iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
+        return write_dir_atomically(out, force, |dir| {
+            copy_model_files(dir)?;
+            write_model(dir, &cast)
+        });
+    }
+    let adapter: Vec<(&str, &Tensor)> = names.iter().map(|n| (n.as_str(), &tensors[*n])).collect();
+    write_dir_atomically(out, force, |dir| lora.write_peft(dir, &source.display().to_string(), &adapter))
 }

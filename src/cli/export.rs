@@ -13,18 +13,21 @@ pub struct ExportArgs {
     /// A checkpoint directory (<run>/checkpoints/step_N).
     pub checkpoint: PathBuf,
     /// Output directory: config.json, model.safetensors and the tokenizer files, loadable by
-    /// transformers' from_pretrained.
+    /// transformers' from_pretrained; for a LoRA run a PEFT adapter directory (unless --merge).
     pub out: PathBuf,
     /// Weight dtype of the export.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+    /// For a LoRA checkpoint: the base model with the adapter merged in, instead of a PEFT adapter.
+    #[arg(long)]
+    pub merge: bool,
     /// Replace OUT if it exists.
     #[arg(long)]
     pub force: bool,
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    export_hf(&args.checkpoint, MODEL_FILE, &args.out, args.dtype.kind(), args.force)?;
+    export_hf(&args.checkpoint, MODEL_FILE, &args.out, args.dtype.kind(), args.merge, args.force)?;
     println!("{} -> {}", args.checkpoint.display(), args.out.display());
     Ok(())
 }

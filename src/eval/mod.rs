@@ -29,7 +29,7 @@ pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: u
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&EncodedExample> = chunk.iter().collect();
         let batch = SftBatch::collate(&refs, learner.pad_id, learner.device);
-        let logits = learner.logits(&batch);
+        let logits = learner.scoring_logits(&batch);
         sum += masked_nll_sum(&logits, &batch.input_ids, &batch.loss_mask).double_value(&[]);
         count += scored_tokens(&batch.loss_mask);
         exact += exact_matches(&logits, &batch.input_ids, &batch.loss_mask);

@@ -11,7 +11,7 @@ use crate::config::schema::{InnerOptimizerType, MetaSection, OptimSection, Optim
 use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
 use crate::meta::loss::{masked_nll_sum, scored_tokens};
-use crate::model::{CausalLm, ModelConfig, ModelError, Weights};
+use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::Optimizer;
 
 pub struct Learner {
@@ -24,6 +24,9 @@ pub struct Learner {
     pub pad_id: i64,
     /// Build the decoder with twice-differentiable attention (second-order MAML).
     pub second_order: bool,
+    /// With LoRA: the frozen base weights (no gradients, no optimizer state) and the adapter's
+    /// settings; θ is then the adapter alone.
+    frozen: Option<(Weights, LoraConfig)>,
 }
 
 impl Learner {
@@ -34,7 +37,27 @@ impl Learner {
         let weights = weights.to(device, master).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
-        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false }
+        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, frozen: None }
+    }
+
+    /// A learner whose θ is a LoRA `adapter` over the frozen `base` (kept in the compute dtype).
+    pub fn with_lora(
+        cfg: ModelConfig,
+        base: Weights,
+        adapter: Weights,
+        lora: LoraConfig,
+        device: Device,
+        compute_kind: Kind,
+        pad_id: i64,
+    ) -> Self {
+        let frozen = base.to(device, compute_kind);
+        let mut learner = Self::new(cfg, adapter, device, compute_kind, pad_id);
+        learner.frozen = Some((frozen, lora));
+        learner
+    }
+
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.frozen.as_ref().map(|(_, lora)| lora)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -55,30 +78,40 @@ impl Learner {
 
     /// The decoder over `params` (θ, or weights derived from it), cast to the compute dtype; the
     /// cast is differentiable, so gradients arrive in the master dtype.
-    fn model(&self, params: &[Tensor]) -> Result<CausalLm, ModelError> {
+    /// `train` turns LoRA dropout on.
+    fn model(&self, params: &[Tensor], train: bool) -> Result<CausalLm, ModelError> {
         let mut weights = Weights::new();
+        if let Some((base, _)) = &self.frozen {
+            for (name, w) in base.iter() {
+                weights.insert(name, w.shallow_clone());
+            }
+        }
         for (name, p) in self.names.iter().zip(params) {
             let w = if p.kind() == self.compute_kind { p.shallow_clone() } else { p.to_kind(self.compute_kind) };
             weights.insert(name.clone(), w);
         }
-        let model = CausalLm::new(&self.cfg, &weights)?;
+        let mut model = CausalLm::new(&self.cfg, &weights)?;
+        if let Some((_, lora)) = &self.frozen {
+            model = model.with_lora(lora.scale(), lora.dropout, train);
+        }
         Ok(if self.second_order { model.twice_differentiable() } else { model })
     }
 
-    /// Logits of a batch at `params`.
+    /// Logits of a batch at `params`, as training sees them (LoRA dropout on).
     pub fn logits_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
-        let model = self.model(params).expect("θ holds every weight the config names");
+        let model = self.model(params, true).expect("θ holds every weight the config names");
         model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
     }
 
-    /// Logits of a batch at the current θ.
+    /// Logits of a batch at the current θ, as training sees them.
     pub fn logits(&self, batch: &SftBatch) -> Tensor {
         self.logits_at(&self.params, batch)
     }
 
-    /// The summed token loss of a batch (the caller divides by the token count it normalises by).
-    pub fn loss_sum(&self, batch: &SftBatch) -> Tensor {
-        masked_nll_sum(&self.logits(batch), &batch.input_ids, &batch.loss_mask)
+    /// Logits at the current θ for evaluation (no dropout).
+    pub fn scoring_logits(&self, batch: &SftBatch) -> Tensor {
+        let model = self.model(&self.params, false).expect("θ holds every weight the config names");
+        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
     }
 
     /// verl's SFT loss of a batch at `params`: mean over its scored tokens.

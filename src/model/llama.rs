@@ -9,22 +9,36 @@
 
 use tch::{Kind, Tensor};
 
+use super::lora::LoraPair;
 use super::{ModelConfig, ModelError, RopeScaling, Weights};
 
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Present when the weights hold `<prefix>.lora_A.weight` / `lora_B.weight`.
+    lora: Option<LoraPair>,
 }
 
 impl Linear {
     fn new(w: &Weights, prefix: &str, bias: bool) -> Result<Self, ModelError> {
         let weight = w.get(&format!("{prefix}.weight"))?;
         let bias = if bias { Some(w.get(&format!("{prefix}.bias"))?) } else { None };
-        Ok(Self { weight, bias })
+        let a = format!("{prefix}.lora_A.weight");
+        let lora = if w.contains(&a) {
+            let b = w.get(&format!("{prefix}.lora_B.weight"))?;
+            Some(LoraPair { a: w.get(&a)?, b, scale: 1.0, dropout: 0.0, train: false })
+        } else {
+            None
+        };
+        Ok(Self { weight, bias, lora })
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let base = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) => base + lora.delta(x),
+            None => base,
+        }
     }
 }
 
@@ -271,6 +285,28 @@ impl CausalLm {
     pub fn twice_differentiable(mut self) -> Self {
         for layer in &mut self.layers {
             layer.self_attn.twice_differentiable = true;
+        }
+        self
+    }
+
+    /// Sets every LoRA-adapted layer's scale (alpha / r) and dropout; `train` turns dropout on.
+    pub fn with_lora(mut self, scale: f64, dropout: f64, train: bool) -> Self {
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for linear in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                if let Some(lora) = &mut linear.lora {
+                    (lora.scale, lora.dropout, lora.train) = (scale, dropout, train);
+                }
+            }
         }
         self
     }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod gguf;
 pub mod llama;
 pub mod loader;
+pub mod lora;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use llama::CausalLm;
 pub use loader::load_weights;
+pub use lora::LoraConfig;
 pub use weights::Weights;
 
 /// Failures of reading a model directory. Each names the file and what is wrong with it.

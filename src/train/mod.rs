@@ -124,6 +124,9 @@ impl Trainer {
         while self.step < end {
             let started = Instant::now();
             reset_peak_rss();
+            // Dropout (LoRA) draws from libtorch's generator: seeded per step, so a resumed run
+            // draws what the uninterrupted one did.
+            tch::manual_seed((self.config.trainer.seed ^ stable_hash("dropout") ^ self.step) as i64);
 
             // 1. This step's tasks: a fresh draw without replacement, a function of (seed, step).
             let chosen = self.choose_tasks();

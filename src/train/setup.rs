@@ -12,7 +12,7 @@ use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
 use crate::meta::core::Learner;
 use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
-use crate::model::{load_weights, ModelConfig};
+use crate::model::{load_weights, LoraConfig, ModelConfig};
 
 /// Settings that would fail later, refused up front with the key that is wrong.
 pub fn check(config: &Config) -> Result<()> {
@@ -85,7 +85,15 @@ pub fn load(config: &Config) -> Result<Loaded> {
     let tokenizer = ChatTokenizer::from_dir(&model_dir).context("model.partial_pretrain")?;
     let model_cfg = ModelConfig::from_dir(&model_dir).context("model.partial_pretrain")?;
     let weights = load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
-    let mut learner = Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id);
+    let m = &config.model;
+    let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?;
+    let mut learner = match lora {
+        Some(lora) => {
+            let adapter = lora.init_adapter(&model_cfg, config.trainer.seed);
+            Learner::with_lora(model_cfg, weights, adapter, lora, device, kind, tokenizer.pad_id)
+        }
+        None => Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id),
+    };
     learner.second_order = config.meta.algorithm == Algorithm::Maml
         || (config.meta.algorithm == Algorithm::Fomaml && !config.meta.use_fomaml);
 
