@@ -4,6 +4,7 @@ pub mod core;
 pub mod fomaml;
 pub mod loss;
 pub mod maml;
+pub mod meta_lora;
 pub mod reptile;
 pub mod sft;
 

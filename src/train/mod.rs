@@ -19,7 +19,7 @@ use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
-use crate::meta::{fomaml, maml, reptile, sft, TaskOutcome};
+use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
 use crate::optim::{clip_grad_norm, Optimizer, Schedule};
 use crate::runtime::{peak_rss_bytes, reset_peak_rss};
@@ -141,10 +141,12 @@ impl Trainer {
                     maml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad)
                 }
                 Algorithm::Sft => sft::gradient(&self.learner, &mut batch, &self.config.meta, &grad),
+                Algorithm::MetaLora => {
+                    meta_lora::meta_gradient(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)
+                }
                 Algorithm::Reptile => {
                     reptile::direction(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)
                 }
-                other => bail!("meta.algorithm {other:?} is not available in this build"),
             };
 
             // 3. Clip, then the outer update, unless a loss or the gradient is not finite.

@@ -48,13 +48,10 @@ pub fn check(config: &Config) -> Result<()> {
     if meta.inner_optimizer != InnerOptimizerType::Sgd && meta.algorithm != Algorithm::Reptile {
         bail!("meta.inner_optimizer: adam is for algorithm reptile; {:?} adapts with SGD", meta.algorithm);
     }
-    match (meta.algorithm, meta.use_fomaml) {
-        (Algorithm::Fomaml, true) | (Algorithm::Sft, _) | (Algorithm::Reptile, _) => Ok(()),
-        (Algorithm::Fomaml, false) => {
-            bail!("meta.use_fomaml: false (second-order MAML) is not available in this build")
-        }
-        (other, _) => bail!("meta.algorithm {other:?} is not available in this build; use fomaml or sft"),
+    if meta.algorithm == Algorithm::MetaLora && config.model.lora_rank == 0 {
+        bail!("meta.algorithm meta_lora adapts a LoRA adapter: set model.lora_rank (e.g. 8)");
     }
+    Ok(())
 }
 
 pub fn compute_kind(dtype: &str) -> Result<Kind> {

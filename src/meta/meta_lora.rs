@@ -1,0 +1,60 @@
+//! META-LoRA, the seeds' two-stage variant over a shared LoRA adapter:
+//!
+//! stage 1, for each task i, from the shared adapter φ:
+//!     φ_i ← K AdamW steps (fresh state, gradients clipped to optim.clip_grad) on support batches
+//! stage 2:
+//!     g_i = ∇_{φ_i} L_query(φ_i);  g = mean_i g_i   (applied to φ by the outer optimizer)
+//!
+//! φ is restored after every task: the Python original left the last task's adapter in place of
+//! the shared one (DESIGN.md trap 5).
+
+use tch::Tensor;
+
+use super::core::{accumulate, batch_tokens, Learner};
+use super::TaskOutcome;
+use crate::config::schema::{MetaSection, OptimSection, OptimizerType};
+use crate::data::tasks::{Split, TaskData};
+use crate::optim::{clip_grad_norm, Optimizer};
+
+pub fn meta_gradient(
+    learner: &Learner,
+    tasks: &mut [&mut TaskData],
+    meta: &MetaSection,
+    optim: &OptimSection,
+    meta_grad: &[Tensor],
+) -> Vec<TaskOutcome> {
+    for g in meta_grad {
+        let _ = g.shallow_clone().zero_();
+    }
+    let shared = learner.snapshot();
+    let scale = 1.0 / tasks.len() as f64;
+    let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..optim.clone() };
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks.iter_mut() {
+        let mut outcome = TaskOutcome { name: task.name.clone(), ..Default::default() };
+        // Stage 1: adapt this task's copy of the adapter.
+        let mut inner = Optimizer::new(&adam, meta.inner_lr, learner.params());
+        let mut support = None;
+        for step in 0..meta.num_inner_steps {
+            if step == 0 || meta.fresh_support_batch_per_step {
+                support = Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
+            }
+            let batch = support.as_ref().expect("drawn at step 0");
+            let loss = learner.loss(batch);
+            outcome.support_loss = loss.double_value(&[]);
+            outcome.tokens += batch_tokens(batch);
+            let grads = learner.gradients(&loss);
+            clip_grad_norm(&grads, optim.clip_grad);
+            inner.step(learner.params(), &grads, 1.0);
+        }
+        // Stage 2: the query gradient at the adapted adapter, into the shared update.
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query_loss = learner.loss(&query);
+        outcome.query_loss = query_loss.double_value(&[]);
+        outcome.tokens += batch_tokens(&query);
+        accumulate(meta_grad, &learner.gradients(&query_loss), scale);
+        learner.restore(&shared);
+        outcomes.push(outcome);
+    }
+    outcomes
+}
