@@ -118,13 +118,14 @@ def main():
     for _ in range(warmup):
         meta_step()
     tokens, last_loss = 0, float("nan")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(steps):
         t, last_loss = meta_step()
         tokens += t
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     print(
-        f"RESULT impl=pytorch threads={threads} steps={steps} seconds={seconds:.3f} "
+        f"RESULT impl=pytorch threads={threads} steps={steps} seconds={seconds:.3f} cpu_seconds={cpu_seconds:.2f} "
         f"meta_steps_per_s={steps / seconds:.4f} tokens_per_s={tokens / seconds:.1f} "
         f"tokens_per_step={tokens // max(steps, 1)} query_loss={last_loss:.4f}",
         flush=True,

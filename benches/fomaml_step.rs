@@ -36,6 +36,17 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
+/// CPU seconds this process has used (user + system, all threads), from /proc/self/stat: a
+/// second measure that other processes' load on a shared machine disturbs less than wall time.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (ticks).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn model_config() -> ModelConfig {
     let json = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
@@ -121,16 +132,17 @@ fn main() {
         meta_step();
     }
     let (mut tokens, mut last_loss) = (0i64, f64::NAN);
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
     for _ in 0..steps {
         let (t, loss) = meta_step();
         tokens += t;
         last_loss = loss;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_started;
     println!(
-        "RESULT impl=rust threads={threads} steps={steps} seconds={seconds:.3} meta_steps_per_s={:.4} tokens_per_s={:.1} \
-         tokens_per_step={} query_loss={last_loss:.4}",
+        "RESULT impl=rust threads={threads} steps={steps} seconds={seconds:.3} cpu_seconds={cpu_seconds:.2} \
+         meta_steps_per_s={:.4} tokens_per_s={:.1} tokens_per_step={} query_loss={last_loss:.4}",
         steps as f64 / seconds,
         tokens as f64 / seconds,
         tokens / steps.max(1) as i64,
