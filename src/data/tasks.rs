@@ -131,6 +131,28 @@ impl TaskData {
         })
     }
 
+    /// A task over already-encoded examples (benchmarks, synthetic data built in memory), one rank,
+    /// samplers seeded as [`TaskData::load`] seeds them.
+    pub fn from_examples(
+        name: &str,
+        support: Vec<EncodedExample>,
+        query: Vec<EncodedExample>,
+        seed: u64,
+    ) -> Result<Self> {
+        let split = |split: Split, examples: Vec<EncodedExample>| -> Result<SplitData> {
+            let split_seed = seed ^ stable_hash(&format!("{name}/{}", split.name()));
+            let sampler = EpochSampler::new(examples.len(), split_seed, 0, 1)
+                .with_context(|| format!("task `{name}`, {} split", split.name()))?;
+            Ok(SplitData { examples, sampler })
+        };
+        Ok(Self {
+            name: name.to_string(),
+            support: split(Split::Support, support)?,
+            query: split(Split::Query, query)?,
+            test: None,
+        })
+    }
+
     /// The next `n` examples of a split for this rank, as a padded batch.
     pub fn next_batch(&mut self, split: Split, n: usize, pad_id: i64, device: Device) -> SftBatch {
         let data = match split {

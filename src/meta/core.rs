@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::schema::{InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
 use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
-use crate::meta::loss::{masked_nll_sum, scored_tokens};
+use crate::meta::loss::{masked_nll_sum_at_scored, scored_tokens};
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::Optimizer;
 
@@ -114,9 +114,17 @@ impl Learner {
         model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
     }
 
-    /// verl's SFT loss of a batch at `params`: mean over its scored tokens.
+    /// verl's SFT loss of a batch at `params` (LoRA dropout on): mean over its scored tokens.
+    ///
+    /// Logits are computed at scored positions only. A right-padded batch (every one that
+    /// [`SftBatch::collate`] makes) runs under the plain causal mask, SDPA's fused causal path:
+    /// a real token attends only to earlier positions, which are all real, so every scored logit is
+    /// the one the padding mask gives; padded positions differ but are never scored.
     pub fn loss_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
-        let sum = masked_nll_sum(&self.logits_at(params, batch), &batch.input_ids, &batch.loss_mask);
+        let model = self.model(params, true).expect("θ holds every weight the config names");
+        let mask = if is_right_padded(&batch.attention_mask) { None } else { Some(&batch.attention_mask) };
+        let hidden = model.hidden_states(&batch.input_ids, mask, Some(&batch.position_ids));
+        let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.loss_mask);
         sum / scored_tokens(&batch.loss_mask).max(1) as f64
     }
 
@@ -130,11 +138,12 @@ impl Learner {
         Tensor::run_backward(&[loss], &self.params, false, false)
     }
 
-    /// θ ← θ − lr·g, in place and outside autograd.
+    /// θ ← θ − lr·g, in place and outside autograd (one fused pass per tensor, no temporary).
     pub fn sgd_(&self, grads: &[Tensor], lr: f64) {
         let _guard = tch::no_grad_guard();
+        let factor = cpu_scalar(-lr);
         for (p, g) in self.params.iter().zip(grads) {
-            let _ = p.shallow_clone().g_sub_(&(g * lr));
+            let _ = p.shallow_clone().addcmul_(g, &factor);
         }
     }
 
@@ -158,17 +167,37 @@ impl Learner {
     }
 }
 
+/// Whether each row of a 0/1 attention mask [batch, seq] is ones then zeros (no padding at all
+/// included).
+fn is_right_padded(attention_mask: &Tensor) -> bool {
+    let seq = attention_mask.size()[1];
+    if seq == 0 {
+        return false;
+    }
+    let m = attention_mask.ne(0);
+    let starts_real = m.narrow(1, 0, 1).all().int64_value(&[]) != 0;
+    // A real token never follows padding: m[t + 1] implies m[t].
+    let no_gap = m.narrow(1, 1, seq - 1).le_tensor(&m.narrow(1, 0, seq - 1)).all().int64_value(&[]) != 0;
+    starts_real && no_gap
+}
+
 /// Non-padding tokens of a batch (what tokens/s counts).
 pub fn batch_tokens(batch: &SftBatch) -> i64 {
     batch.attention_mask.sum(Kind::Int64).int64_value(&[])
 }
 
-/// Adds `scale · grads` into `acc`.
+/// Adds `scale · grads` into `acc` (one fused pass per tensor, no temporary).
 pub fn accumulate(acc: &[Tensor], grads: &[Tensor], scale: f64) {
     let _guard = tch::no_grad_guard();
+    let factor = cpu_scalar(scale);
     for (a, g) in acc.iter().zip(grads) {
-        let _ = a.shallow_clone().g_add_(&(g * scale));
+        let _ = a.shallow_clone().addcmul_(g, &factor);
     }
+}
+
+/// A 0-dim fp32 CPU tensor: PyTorch takes it as a scalar operand on any device.
+fn cpu_scalar(value: f64) -> Tensor {
+    Tensor::scalar_tensor(value, (Kind::Float, Device::Cpu))
 }
 
 /// What the inner loop did on one task.

@@ -23,6 +23,24 @@ pub fn masked_nll_sum(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -
     predictions.cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 
+/// [`masked_nll_sum`] from the final hidden states [batch, seq, hidden] and the LM head
+/// [vocab, hidden], computing logits only at the scored positions: the same loss (up to float
+/// rounding) without the LM head's matmul, the fp32 logits copy and the log-softmax at positions
+/// that are not scored (prompt and padding).
+pub fn masked_nll_sum_at_scored(hidden: &Tensor, lm_head: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -> Tensor {
+    let (batch, seq, width) = hidden.size3().expect("hidden states are [batch, seq, hidden]");
+    // Position t of row b is scored iff loss_mask[b, t + 1] is set; the last position never is.
+    let device = loss_mask.device();
+    let scored =
+        Tensor::cat(&[loss_mask.narrow(1, 1, seq - 1).ne(0), Tensor::zeros([batch, 1], (Kind::Bool, device))], 1);
+    // Flat indices b·seq + t; the label of position t is the token at t + 1 of the same row.
+    let rows = scored.reshape([-1]).nonzero().squeeze_dim(1);
+    let labels = input_ids.reshape([-1]).index_select(0, &(&rows + 1));
+    let states = hidden.reshape([batch * seq, width]).index_select(0, &rows);
+    let logits = states.linear::<Tensor>(lm_head, None).to_kind(Kind::Float);
+    logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
+}
+
 /// How many tokens [`masked_nll_sum`] scores in this batch.
 pub fn scored_tokens(loss_mask: &Tensor) -> i64 {
     let seq = loss_mask.size()[1];
@@ -57,5 +75,24 @@ mod tests {
         assert_eq!(scored_tokens(&mask), 2);
         let loss = sft_loss(&logits, &ids, &mask).double_value(&[]);
         assert!(loss < 1e-10, "only positions 1 and 2 are scored, and both are right: {loss}");
+    }
+
+    #[test]
+    fn logits_at_scored_positions_only_give_the_same_loss_and_gradients() {
+        tch::manual_seed(5);
+        let (batch, seq, width, vocab) = (3, 7, 8, 11);
+        let hidden = Tensor::randn([batch, seq, width], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let head = Tensor::randn([vocab, width], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let ids = Tensor::randint(vocab, [batch, seq], (Kind::Int64, tch::Device::Cpu));
+        // Prompt, response, padding of different lengths per row; the last row scores nothing.
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]).view([3, 7]);
+        let full = masked_nll_sum(&hidden.linear::<Tensor>(&head, None), &ids, &mask);
+        let scored = masked_nll_sum_at_scored(&hidden, &head, &ids, &mask);
+        assert!((full.double_value(&[]) - scored.double_value(&[])).abs() < 1e-5);
+        let g_full = Tensor::run_backward(&[&full], &[&hidden, &head], false, false);
+        let g_scored = Tensor::run_backward(&[&scored], &[&hidden, &head], false, false);
+        for (a, b) in g_full.iter().zip(&g_scored) {
+            assert!((a - b).abs().max().double_value(&[]) < 1e-5);
+        }
     }
 }

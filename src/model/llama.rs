@@ -315,11 +315,27 @@ impl CausalLm {
         self.vocab_size
     }
 
+    /// The LM head's weight [vocab, hidden] (the embedding matrix when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Logits [batch, seq, vocab] in the weights' dtype.
     ///
     /// `attention_mask` [batch, seq] marks real tokens with 1 (None: no padding); `position_ids`
     /// [batch, seq] defaults to 0..seq for every row.
     pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+    ) -> Tensor {
+        self.hidden_states(input_ids, attention_mask, position_ids).linear::<Tensor>(&self.lm_head, None)
+    }
+
+    /// The final-norm hidden states [batch, seq, hidden] that [`CausalLm::forward`] feeds to the LM
+    /// head, for callers that need logits at a few positions only (the training loss).
+    pub fn hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -344,7 +360,7 @@ impl CausalLm {
         for layer in &self.layers {
             h = layer.forward(&h, &cos, &sin, &mask);
         }
-        // 4. Final norm and the LM head.
-        self.norm.forward(&h).linear::<Tensor>(&self.lm_head, None)
+        // 4. Final norm (the LM head is applied by the caller).
+        self.norm.forward(&h)
     }
 }

@@ -1,0 +1,136 @@
+"""The FOMAML meta-step of benches/fomaml_step.rs in PyTorch eager, on transformers' LlamaForCausalLM.
+
+Same model config, data shapes, loss and update rules as the Rust bench (DESIGN.md "The algorithm,
+precisely"): for each of 4 tasks, from θ, K = 5 inner SGD steps on fresh support batches
+(torch.autograd.grad, create_graph off), the query gradient at θ′ added into a meta-gradient
+buffer (scaled by 1/tasks), θ restored with copy_; then clip_grad_norm_(1.0) and torch.optim.AdamW.
+Loss: token cross-entropy on positions whose next token is in the loss mask, summed and divided by
+the number of scored tokens (verl's SFT loss).
+
+Environment: BENCH_THREADS (default: all cores), BENCH_WARMUP (2), BENCH_STEPS (5).
+Prints one line `RESULT impl=pytorch threads=.. meta_steps_per_s=.. tokens_per_s=..`.
+"""
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB, SEQ, TASKS, POOL = 2048, 128, 4, 64
+INNER_STEPS, INNER_LR, INNER_BATCH, QUERY_BATCH = 5, 1e-3, 4, 4
+
+
+def main():
+    threads = int(os.environ.get("BENCH_THREADS", os.cpu_count()))
+    warmup = int(os.environ.get("BENCH_WARMUP", 2))
+    steps = int(os.environ.get("BENCH_STEPS", 5))
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        use_cache=False,
+    )
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # Random tokens, every sequence full length; the second half is the response (loss mask 1).
+    g = torch.Generator().manual_seed(1)
+    loss_mask_row = (torch.arange(SEQ) >= SEQ // 2).long()
+    pools = [
+        {split: torch.randint(0, VOCAB, (POOL, SEQ), generator=g) for split in ("support", "query")}
+        for _ in range(TASKS)
+    ]
+    # Epoch-by-epoch walk through each split (a fresh permutation per epoch), as the Rust sampler.
+    cursors = [{"support": [0, torch.randperm(POOL, generator=g)], "query": [0, torch.randperm(POOL, generator=g)]}
+               for _ in range(TASKS)]
+
+    def next_batch(task, split, n):
+        state = cursors[task][split]
+        rows = []
+        for _ in range(n):
+            if state[0] == POOL:
+                state[0], state[1] = 0, torch.randperm(POOL, generator=g)
+            rows.append(state[1][state[0]])
+            state[0] += 1
+        ids = pools[task][split][torch.stack(rows)]
+        attention = torch.ones_like(ids)
+        positions = torch.arange(SEQ).unsqueeze(0).expand(n, SEQ)
+        loss_mask = loss_mask_row.unsqueeze(0).expand(n, SEQ)
+        return ids, attention, positions, loss_mask
+
+    def loss_of(batch):
+        ids, attention, positions, loss_mask = batch
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+        scored = loss_mask[:, 1:].bool()
+        labels = ids[:, 1:].masked_fill(~scored, -100)
+        predictions = logits[:, :-1].float().reshape(-1, VOCAB)
+        total = F.cross_entropy(predictions, labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return total / max(int(scored.sum()), 1)
+
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    meta_grad = [torch.zeros_like(p) for p in params]
+
+    def meta_step():
+        for buf in meta_grad:
+            buf.zero_()
+        with torch.no_grad():
+            theta = [p.detach().clone() for p in params]
+        tokens, query_losses = 0, []
+        for task in range(TASKS):
+            for _ in range(INNER_STEPS):
+                batch = next_batch(task, "support", INNER_BATCH)
+                loss = loss_of(batch)
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    for p, gr in zip(params, grads):
+                        p.sub_(gr * INNER_LR)
+                tokens += int(batch[1].sum())
+            batch = next_batch(task, "query", QUERY_BATCH)
+            loss = loss_of(batch)
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for buf, gr in zip(meta_grad, grads):
+                    buf.add_(gr * (1.0 / TASKS))
+                for p, t in zip(params, theta):
+                    p.copy_(t)
+            tokens += int(batch[1].sum())
+            query_losses.append(loss.item())
+        for p, buf in zip(params, meta_grad):
+            p.grad = buf
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return tokens, sum(query_losses) / len(query_losses)
+
+    for _ in range(warmup):
+        meta_step()
+    tokens, last_loss = 0, float("nan")
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        t, last_loss = meta_step()
+        tokens += t
+    seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
+    print(
+        f"RESULT impl=pytorch threads={threads} steps={steps} seconds={seconds:.3f} cpu_seconds={cpu_seconds:.2f} "
+        f"meta_steps_per_s={steps / seconds:.4f} tokens_per_s={tokens / seconds:.1f} "
+        f"tokens_per_step={tokens // max(steps, 1)} query_loss={last_loss:.4f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

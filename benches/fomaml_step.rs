@@ -1,0 +1,150 @@
+//! The FOMAML meta-step on CPU through the library's own code path (`meta_gradient`,
+//! `clip_grad_norm`, `Optimizer`, `Learner`), for comparison with `bench/fomaml_step_torch.py`
+//! (the same step in PyTorch eager on transformers' LlamaForCausalLM). Run both with
+//! `scripts/with-torch-env.sh bench/fomaml_step.sh`.
+//!
+//! Model: Llama, vocab 2048, 4 layers, hidden 256, 4 heads (no GQA: 4 kv heads), intermediate 688,
+//! untied head, random init from a fixed seed, fp32. Data: random tokens, every sequence 128 real
+//! tokens, loss mask on the second half. A meta-step: 4 tasks, each K = 5 inner SGD steps on fresh
+//! support batches of 4 and one query batch of 4; meta-gradient clipped to 1.0; AdamW.
+//!
+//! Environment: `BENCH_THREADS` (default: all cores), `BENCH_WARMUP` (2), `BENCH_STEPS` (5).
+//! Prints one line `RESULT impl=rust threads=.. meta_steps_per_s=.. tokens_per_s=..`.
+
+use std::time::Instant;
+
+use fomaml::config::schema::{MetaSection, OptimSection};
+use fomaml::data::sampler::SplitMix64;
+use fomaml::data::sft::EncodedExample;
+use fomaml::data::tasks::TaskData;
+use fomaml::meta::core::Learner;
+use fomaml::meta::fomaml::meta_gradient;
+use fomaml::model::{ModelConfig, Weights};
+use fomaml::optim::{clip_grad_norm, Optimizer};
+use tch::{Device, Kind, Tensor};
+
+const VOCAB: i64 = 2048;
+const SEQ: usize = 128;
+const TASKS: usize = 4;
+/// Examples per task and split: the samplers walk through them epoch by epoch.
+const POOL: usize = 64;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// CPU seconds this process has used (user + system, all threads), from /proc/self/stat: a
+/// second measure that other processes' load on a shared machine disturbs less than wall time.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (ticks).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn model_config() -> ModelConfig {
+    let json = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": VOCAB,
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": false,
+        "hidden_act": "silu",
+    });
+    ModelConfig::from_json(&json.to_string()).expect("a valid Llama config")
+}
+
+/// N(0, 0.02²) matrices and unit norms, as transformers' `_init_weights` (initializer_range 0.02).
+fn random_weights(cfg: &ModelConfig) -> Weights {
+    tch::manual_seed(0);
+    let mut w = Weights::new();
+    for (name, shape) in cfg.parameter_shapes() {
+        let t = if shape.len() == 1 {
+            Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu))
+        } else {
+            Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 0.02
+        };
+        w.insert(name, t);
+    }
+    w
+}
+
+fn random_example(rng: &mut SplitMix64) -> EncodedExample {
+    let input_ids: Vec<i64> = (0..SEQ).map(|_| rng.below(VOCAB as u64) as i64).collect();
+    EncodedExample {
+        loss_mask: (0..SEQ).map(|i| i64::from(i >= SEQ / 2)).collect(),
+        attention_mask: vec![1; SEQ],
+        position_ids: (0..SEQ as i64).collect(),
+        input_ids,
+    }
+}
+
+fn main() {
+    let threads = env_usize("BENCH_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let warmup = env_usize("BENCH_WARMUP", 2);
+    let steps = env_usize("BENCH_STEPS", 5);
+    tch::set_num_threads(threads as i32);
+
+    let cfg = model_config();
+    let learner = Learner::new(cfg.clone(), random_weights(&cfg), Device::Cpu, Kind::Float, 0);
+    let mut rng = SplitMix64::new(1);
+    let mut tasks: Vec<TaskData> = (0..TASKS)
+        .map(|i| {
+            let support = (0..POOL).map(|_| random_example(&mut rng)).collect();
+            let query = (0..POOL).map(|_| random_example(&mut rng)).collect();
+            TaskData::from_examples(&format!("task{i}"), support, query, 7).expect("non-empty splits")
+        })
+        .collect();
+    let meta = MetaSection {
+        inner_lr: 1e-3,
+        num_inner_steps: 5,
+        inner_batch_size: 4,
+        query_batch_size: 4,
+        meta_batch_size: TASKS,
+        fresh_support_batch_per_step: true,
+        ..Default::default()
+    };
+    let optim = OptimSection { weight_decay: 0.01, clip_grad: 1.0, ..Default::default() };
+    let mut optimizer = Optimizer::new(&optim, 1e-4, learner.params());
+    let grad = learner.zeros_like_params();
+
+    let mut meta_step = || {
+        let mut batch: Vec<&mut TaskData> = tasks.iter_mut().collect();
+        let outcomes = meta_gradient(&learner, &mut batch, &meta, &grad);
+        let _norm = clip_grad_norm(&grad, optim.clip_grad);
+        optimizer.step(learner.params(), &grad, 1.0);
+        let loss = outcomes.iter().map(|o| o.query_loss).sum::<f64>() / outcomes.len() as f64;
+        (outcomes.iter().map(|o| o.tokens).sum::<i64>(), loss)
+    };
+    for _ in 0..warmup {
+        meta_step();
+    }
+    let (mut tokens, mut last_loss) = (0i64, f64::NAN);
+    let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
+    for _ in 0..steps {
+        let (t, loss) = meta_step();
+        tokens += t;
+        last_loss = loss;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_started;
+    println!(
+        "RESULT impl=rust threads={threads} steps={steps} seconds={seconds:.3} cpu_seconds={cpu_seconds:.2} \
+         meta_steps_per_s={:.4} tokens_per_s={:.1} tokens_per_step={} query_loss={last_loss:.4}",
+        steps as f64 / seconds,
+        tokens as f64 / seconds,
+        tokens / steps.max(1) as i64,
+    );
+}
