@@ -17,9 +17,7 @@ pub fn masked_nll_sum(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -
     let (batch, seq, vocab) = logits.size3().expect("logits are [batch, seq, vocab]");
     let scored = loss_mask.narrow(1, 1, seq - 1).to_kind(Kind::Bool);
     let labels = input_ids.narrow(1, 1, seq - 1).masked_fill(&scored.logical_not(), IGNORE);
-    // fp32 at least (bf16 logits are widened); fp64 stays fp64 for numerical checks.
-    let wide = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-    let predictions = logits.narrow(1, 0, seq - 1).to_kind(wide).reshape([batch * (seq - 1), vocab]);
+    let predictions = widened(&logits.narrow(1, 0, seq - 1)).reshape([batch * (seq - 1), vocab]);
     predictions.cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 
@@ -37,8 +35,13 @@ pub fn masked_nll_sum_at_scored(hidden: &Tensor, lm_head: &Tensor, input_ids: &T
     let rows = scored.reshape([-1]).nonzero().squeeze_dim(1);
     let labels = input_ids.reshape([-1]).index_select(0, &(&rows + 1));
     let states = hidden.reshape([batch * seq, width]).index_select(0, &rows);
-    let logits = states.linear::<Tensor>(lm_head, None).to_kind(Kind::Float);
+    let logits = widened(&states.linear::<Tensor>(lm_head, None));
     logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
+}
+
+/// Logits for the cross-entropy: fp32 at least (bf16 is widened); fp64 stays fp64 for numerical checks.
+fn widened(logits: &Tensor) -> Tensor {
+    logits.to_kind(if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float })
 }
 
 /// How many tokens [`masked_nll_sum`] scores in this batch.
