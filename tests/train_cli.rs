@@ -94,7 +94,8 @@ fn bad_configs_are_refused_with_the_key_named() {
     };
     assert!(run("meta.meta_batch_size=99").contains("meta.meta_batch_size"));
     assert!(run("meta.inner_lrr=0.1").contains("did you mean `meta.inner_lr`"));
-    assert!(run("meta.algorithm=reptile").contains("not available"));
+    assert!(run("meta.algorithm=meta_lora").contains("model.lora_rank"));
+    assert!(run("meta.algorithm=reptil").contains("meta.algorithm"));
     assert!(run("model.partial_pretrain=/nonexistent").contains("/nonexistent"));
     assert!(run("trainer.logger=[wandb]").contains("trainer.logger"));
 }
