@@ -6,21 +6,11 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{copy_fixture, expected, fixture, relative_error};
+use common::{assert_one_line_error, copy_fixture, expected, fixture, relative_error};
 use fomaml::tensor_io::read_safetensors;
 
 fn fomaml(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fomaml")).args(args).output().expect("run fomaml")
-}
-
-/// Asserts a failure whose stderr is one line containing every `needle`.
-fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
-    }
 }
 
 fn ids_arg(arch: &str) -> String {

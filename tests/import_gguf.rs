@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::max_abs_diff;
+use common::{assert_one_line_error, max_abs_diff};
 use fomaml::data::tokenizer::ChatTokenizer;
 use fomaml::meta::loss::sft_loss;
 use fomaml::model::gguf::GgufFile;
@@ -139,16 +139,6 @@ fn dtype_flag_sets_the_saved_dtype() {
     assert_eq!(cfg.saved_dtype.as_deref(), Some("bfloat16"));
     let written = read_safetensors(&dir.join("model.safetensors")).unwrap();
     assert!(written.iter().all(|(_, t)| t.kind() == Kind::BFloat16));
-}
-
-/// Asserts a failure whose stderr is one line containing every `needle`.
-fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
-    }
 }
 
 /// Imports a damaged copy of llama.gguf into an empty directory and checks that the error is one

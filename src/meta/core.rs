@@ -186,6 +186,13 @@ pub fn batch_tokens(batch: &SftBatch) -> i64 {
     batch.attention_mask.sum(Kind::Int64).int64_value(&[])
 }
 
+/// Zeroes update-direction buffers before an algorithm fills them.
+pub fn zero_(buffers: &[Tensor]) {
+    for b in buffers {
+        let _ = b.shallow_clone().zero_();
+    }
+}
+
 /// Adds `scale · grads` into `acc` (one fused pass per tensor, no temporary).
 pub fn accumulate(acc: &[Tensor], grads: &[Tensor], scale: f64) {
     let _guard = tch::no_grad_guard();

@@ -6,7 +6,7 @@
 //!     θ′ ← θ                               restored bit for bit
 //! g = mean_i g_i                           (clipped and applied by the outer optimizer)
 
-use super::core::{accumulate, adapt, batch_tokens, Learner};
+use super::core::{accumulate, adapt, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -18,9 +18,7 @@ pub fn meta_gradient(
     meta: &MetaSection,
     meta_grad: &[tch::Tensor],
 ) -> Vec<TaskOutcome> {
-    for g in meta_grad {
-        let _ = g.shallow_clone().zero_();
-    }
+    zero_(meta_grad);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
     let mut outcomes = Vec::with_capacity(tasks.len());

@@ -12,7 +12,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, batch_tokens, Learner};
+use super::core::{accumulate, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -23,9 +23,7 @@ pub fn meta_gradient(
     meta: &MetaSection,
     meta_grad: &[Tensor],
 ) -> Vec<TaskOutcome> {
-    for g in meta_grad {
-        let _ = g.shallow_clone().zero_();
-    }
+    zero_(meta_grad);
     let scale = 1.0 / tasks.len() as f64;
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {

@@ -10,7 +10,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, batch_tokens, Learner};
+use super::core::{accumulate, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::{MetaSection, OptimSection, OptimizerType};
 use crate::data::tasks::{Split, TaskData};
@@ -23,9 +23,7 @@ pub fn meta_gradient(
     optim: &OptimSection,
     meta_grad: &[Tensor],
 ) -> Vec<TaskOutcome> {
-    for g in meta_grad {
-        let _ = g.shallow_clone().zero_();
-    }
+    zero_(meta_grad);
     let shared = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
     let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..optim.clone() };

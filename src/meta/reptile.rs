@@ -11,7 +11,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, adapt_with, batch_tokens, InnerOptimizer, Learner};
+use super::core::{accumulate, adapt_with, batch_tokens, zero_, InnerOptimizer, Learner};
 use super::TaskOutcome;
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
@@ -23,9 +23,7 @@ pub fn direction(
     optim: &OptimSection,
     direction: &[Tensor],
 ) -> Vec<TaskOutcome> {
-    for d in direction {
-        let _ = d.shallow_clone().zero_();
-    }
+    zero_(direction);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
     let mut outcomes = Vec::with_capacity(tasks.len());

@@ -2,7 +2,7 @@
 //! passes as a FOMAML meta-step (K support batches and one query batch per task), but every
 //! gradient is taken at θ, with no adaptation; their mean is the update direction.
 
-use super::core::{accumulate, batch_tokens, Learner};
+use super::core::{accumulate, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -13,9 +13,7 @@ pub fn gradient(
     meta: &MetaSection,
     grad: &[tch::Tensor],
 ) -> Vec<TaskOutcome> {
-    for g in grad {
-        let _ = g.shallow_clone().zero_();
-    }
+    zero_(grad);
     let batches_per_task = meta.num_inner_steps + 1;
     let scale = 1.0 / (tasks.len() * batches_per_task) as f64;
     let mut outcomes = Vec::with_capacity(tasks.len());

@@ -375,11 +375,3 @@ pub fn checkpoint_weights(checkpoint_dir: &Path, cfg: &crate::model::ModelConfig
     }
     Ok(weights)
 }
-
-/// The model directory a checkpoint was trained from (for export).
-pub fn checkpoint_model_source(checkpoint_dir: &Path) -> Result<PathBuf> {
-    let path = checkpoint_dir.join(checkpoint::META_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let meta: CheckpointMeta = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-    Ok(PathBuf::from(meta.model_source))
-}

@@ -54,3 +54,13 @@ pub fn venv_python() -> PathBuf {
     });
     Path::new(&venv).join("bin/python")
 }
+
+/// Asserts a failure whose stderr is one line containing every `needle`.
+pub fn assert_one_line_error(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stderr.trim_end().lines().count(), 1, "error is not one line:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+    }
+}
