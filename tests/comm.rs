@@ -224,7 +224,7 @@ fn dist_env_parsing() {
     // No variables at all: a single rank that does nothing (the test runner sets none of them).
     if std::env::var_os("WORLD_SIZE").is_none() {
         let d = Dist::from_env().unwrap();
-        assert_eq!((d.rank, d.world_size, d.comm.world_size()), (0, 1, 1));
+        assert_eq!((d.rank, d.world_size, d.comm.borrow().world_size()), (0, 1, 1));
     }
 }
 
@@ -413,17 +413,17 @@ fn child_rank() {
     let mut dist = Dist::from_env().unwrap();
     match mode.as_str() {
         "script" => {
-            for (name, bytes) in script(dist.comm.as_mut()) {
+            for (name, bytes) in script(dist.comm.borrow_mut().as_mut()) {
                 std::fs::write(out.join(format!("{}.{name}", dist.rank)), bytes).unwrap();
             }
         }
         "die" => {
-            dist.comm.barrier().unwrap();
+            dist.comm.borrow_mut().barrier().unwrap();
             if dist.rank == 1 {
                 std::process::exit(3);
             }
             let t0 = Instant::now();
-            let e = dist.comm.all_reduce_sum(&Tensor::ones([10], tch::kind::FLOAT_CPU)).unwrap_err();
+            let e = dist.comm.borrow_mut().all_reduce_sum(&Tensor::ones([10], tch::kind::FLOAT_CPU)).unwrap_err();
             let report = format!("{e}\n{}", t0.elapsed().as_millis());
             std::fs::write(out.join(format!("{}.error", dist.rank)), report).unwrap();
         }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::load;
+use super::shards::params_by_name;
 use crate::config::Config;
 use crate::fsutil::write_dir_atomically;
 use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
@@ -32,7 +33,6 @@ const COPIED: [&str; 8] = [
 /// `merge` the base model with the adapter merged in.
 pub fn export_hf(
     checkpoint_dir: &Path,
-    model_file: &str,
     out: &Path,
     kind: Kind,
     merge: bool,
@@ -47,9 +47,10 @@ pub fn export_hf(
             source.display()
         );
     }
-    let tensors =
-        loaded.files.get(model_file).with_context(|| format!("{}: no {model_file}", checkpoint_dir.display()))?;
-    let mut names: Vec<&String> = tensors.keys().collect();
+    // Sharded checkpoints are consolidated here: every rank's slices joined back into tensors.
+    let params = params_by_name(&loaded, checkpoint_dir)?;
+    let tensors: std::collections::HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut names: Vec<&str> = tensors.keys().copied().collect();
     names.sort();
     let is_lora = names.iter().any(|n| n.ends_with(".lora_A.weight"));
     if merge && !is_lora {
@@ -71,7 +72,7 @@ pub fn export_hf(
         write_safetensors(&dir.join("model.safetensors"), &refs, Some(metadata))
     };
     if !is_lora {
-        let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_kind(kind))).collect();
+        let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (*n, tensors[n].to_kind(kind))).collect();
         return write_dir_atomically(out, force, |dir| {
             copy_model_files(dir)?;
             write_model(dir, &cast)
@@ -87,7 +88,7 @@ pub fn export_hf(
         let base = load_weights(source, &cfg, Kind::Float, Device::Cpu)?;
         let mut adapter = Weights::new();
         for n in &names {
-            adapter.insert(n.as_str(), tensors[*n].shallow_clone());
+            adapter.insert(*n, tensors[n].shallow_clone());
         }
         let merged = lora.merge(&base, &adapter)?;
         let cast: Vec<(&str, Tensor)> = merged.iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
@@ -96,6 +97,6 @@ pub fn export_hf(
             write_model(dir, &cast)
         });
     }
-    let adapter: Vec<(&str, &Tensor)> = names.iter().map(|n| (n.as_str(), &tensors[*n])).collect();
+    let adapter: Vec<(&str, &Tensor)> = names.iter().map(|n| (*n, tensors[n])).collect();
     write_dir_atomically(out, force, |dir| lora.write_peft(dir, &source.display().to_string(), &adapter))
 }

@@ -6,6 +6,7 @@
 //! complete one or the new one whole. No pickle anywhere.
 
 pub mod export;
+pub mod shards;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -16,12 +17,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use crate::dist::fsdp::Layout;
 use crate::fsutil::write_atomically;
 use crate::tensor_io::{read_safetensors, write_safetensors};
 
 pub const META_FILE: &str = "meta.json";
 const LATEST_FILE: &str = "latest";
-const FORMAT_VERSION: u32 = 1;
+/// 2: optimizer moments named `exp_avg/<parameter>`; sharded checkpoints.
+const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -52,11 +55,24 @@ pub struct CheckpointMeta {
     pub state: serde_json::Value,
     /// sha256 of every file of the checkpoint but meta.json.
     pub files: BTreeMap<String, String>,
+    /// Sharded checkpoints: which unit holds each parameter (one file per rank holds every
+    /// unit's slice); absent for a whole-model checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 impl CheckpointMeta {
     pub fn new(step: u64, world_size: usize, model_source: String, config: String, state: serde_json::Value) -> Self {
-        Self { format_version: FORMAT_VERSION, step, world_size, model_source, config, state, files: BTreeMap::new() }
+        Self {
+            format_version: FORMAT_VERSION,
+            step,
+            world_size,
+            model_source,
+            config,
+            state,
+            files: BTreeMap::new(),
+            layout: None,
+        }
     }
 }
 
@@ -86,29 +102,59 @@ pub fn save(
     files: &[(&str, Vec<(&str, &Tensor)>)],
     keep: Option<usize>,
 ) -> Result<PathBuf, CheckpointError> {
+    let tmp = begin(root, meta.step)?;
+    let written = files.iter().try_for_each(|(file, tensors)| {
+        meta.files.insert(file.to_string(), write_file(&tmp, file, tensors)?);
+        Ok(())
+    });
+    match written {
+        Ok(()) => commit(root, &tmp, &meta, keep),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The staging directory a checkpoint of `step` is written into (the same on every rank).
+pub fn staging_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!(".{}.tmp", step_dir_name(step)))
+}
+
+/// Creates an empty staging directory for `step` (removing a stale one) and returns it.
+pub fn begin(root: &Path, step: u64) -> Result<PathBuf, CheckpointError> {
     fs::create_dir_all(root).map_err(io(root))?;
-    let name = step_dir_name(meta.step);
-    let dir = root.join(&name);
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = staging_dir(root, step);
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let written = (|| {
-        for (file, tensors) in files {
-            let path = tmp.join(file);
-            write_safetensors(&path, tensors, None).map_err(CheckpointError::Write)?;
-            meta.files.insert(file.to_string(), sha256_file(&path)?);
-        }
-        let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+    Ok(tmp)
+}
+
+/// Writes one safetensors file into a staging directory; returns its sha256.
+pub fn write_file(tmp: &Path, file: &str, tensors: &[(&str, &Tensor)]) -> Result<String, CheckpointError> {
+    let path = tmp.join(file);
+    write_safetensors(&path, tensors, None).map_err(CheckpointError::Write)?;
+    fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+    sha256_file(&path)
+}
+
+/// Writes `meta` (whose `files` lists every file staged) into the staging directory, renames it to
+/// `<root>/step_<N>`, points `latest` at it and prunes to `keep`.
+pub fn commit(root: &Path, tmp: &Path, meta: &CheckpointMeta, keep: Option<usize>) -> Result<PathBuf, CheckpointError> {
+    let name = step_dir_name(meta.step);
+    let dir = root.join(&name);
+    let renamed = (|| {
+        let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
         write_atomically(&tmp.join(META_FILE), |f| std::io::Write::write_all(f, &json))
             .map_err(CheckpointError::Write)?;
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
-        fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        fs::rename(tmp, &dir).map_err(io(&dir))?;
         fs::File::open(root).and_then(|d| d.sync_all()).map_err(io(root))
     })();
-    if let Err(e) = written {
-        let _ = fs::remove_dir_all(&tmp);
+    if let Err(e) = renamed {
+        let _ = fs::remove_dir_all(tmp);
         return Err(e);
     }
     write_atomically(&root.join(LATEST_FILE), |f| std::io::Write::write_all(f, name.as_bytes()))

@@ -93,10 +93,12 @@ struct Evaluation {
 }
 
 /// Mean score over tasks at each of `SHOWN_STEPS`.
-fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batch: usize) -> Vec<SplitScore> {
-    let curves: Vec<Vec<SplitScore>> =
-        tasks.iter().map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, lr, batch, split)).collect();
-    (0..SHOWN_STEPS.len())
+fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batch: usize) -> Result<Vec<SplitScore>> {
+    let curves: Vec<Vec<SplitScore>> = tasks
+        .iter()
+        .map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, lr, batch, split))
+        .collect::<Result<_, _>>()?;
+    Ok((0..SHOWN_STEPS.len())
         .map(|i| {
             let n = curves.len().max(1) as f64;
             SplitScore {
@@ -104,7 +106,7 @@ fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batc
                 exact_match: curves.iter().map(|c| c[i].exact_match).sum::<f64>() / n,
             }
         })
-        .collect()
+        .collect())
 }
 
 fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Result<String> {
@@ -129,14 +131,14 @@ fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Re
         let learner = Learner::new(cfg.clone(), weights, Device::Cpu, Kind::Float, tokenizer.pad_id);
         let mut chosen: Option<Evaluation> = None;
         for &lr in lrs {
-            let seen_curve = mean_curve(&learner, &seen, Split::Test, lr, batch);
+            let seen_curve = mean_curve(&learner, &seen, Split::Test, lr, batch)?;
             let better = chosen.as_ref().is_none_or(|c| seen_curve[2].loss < c.seen[2].loss);
             if better {
                 chosen = Some(Evaluation { method: method.to_string(), lr, held_out: Vec::new(), seen: seen_curve });
             }
         }
         let mut chosen = chosen.context("--adapt-lrs is empty")?;
-        chosen.held_out = mean_curve(&learner, &held_out, Split::Query, chosen.lr, batch);
+        chosen.held_out = mean_curve(&learner, &held_out, Split::Query, chosen.lr, batch)?;
         best.push(chosen);
     }
     Ok(table(&best, held_out.len(), seen.len(), config))

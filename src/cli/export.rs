@@ -6,7 +6,6 @@ use anyhow::Result;
 
 use super::Dtype;
 use crate::checkpoint::export::export_hf;
-use crate::train::MODEL_FILE;
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -27,7 +26,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    export_hf(&args.checkpoint, MODEL_FILE, &args.out, args.dtype.kind(), args.merge, args.force)?;
+    export_hf(&args.checkpoint, &args.out, args.dtype.kind(), args.merge, args.force)?;
     println!("{} -> {}", args.checkpoint.display(), args.out.display());
     Ok(())
 }

@@ -58,6 +58,16 @@ pub enum NanPolicy {
     Abort,
 }
 
+/// When θ is sharded FSDP-style across ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    /// Sharded when there is more than one rank; the whole model in one process otherwise.
+    Auto,
+    /// Sharded even on one rank (the FSDP path end to end, e.g. NCCL at world size 1).
+    Fsdp,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -247,6 +257,8 @@ pub struct TrainerSection {
     pub nan_policy: NanPolicy,
     /// libtorch's intra-op threads (default: libtorch's choice, OMP_NUM_THREADS when set).
     pub num_threads: Option<usize>,
+    /// auto (FSDP when WORLD_SIZE > 1) or fsdp (also on one rank).
+    pub sharding: Sharding,
 }
 
 impl Default for TrainerSection {
@@ -262,6 +274,7 @@ impl Default for TrainerSection {
             device: "auto".into(),
             nan_policy: NanPolicy::Abort,
             num_threads: None,
+            sharding: Sharding::Auto,
         }
     }
 }

@@ -127,4 +127,37 @@ impl SftBatch {
             loss_mask: tensor(loss),
         }
     }
+
+    pub fn rows(&self) -> i64 {
+        self.input_ids.size()[0]
+    }
+
+    /// Rows `start..start + len`, cut to the longest real sequence among them (the columns after
+    /// it are padding in every kept row).
+    pub fn slice_rows(&self, start: i64, len: i64) -> SftBatch {
+        let narrow = |t: &Tensor| t.narrow(0, start, len);
+        let attention_mask = narrow(&self.attention_mask);
+        let width = if len == 0 { 0 } else { attention_mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
+        let cut = |t: Tensor| t.narrow(1, 0, width.max(1).min(self.input_ids.size()[1]));
+        SftBatch {
+            input_ids: cut(narrow(&self.input_ids)),
+            attention_mask: cut(attention_mask),
+            position_ids: cut(narrow(&self.position_ids)),
+            loss_mask: cut(narrow(&self.loss_mask)),
+        }
+    }
+
+    /// Whether each row is real tokens then padding (no padding first, no gap): then every real
+    /// position sees only real positions under the plain causal mask, SDPA's fused path.
+    pub fn is_right_padded(&self) -> bool {
+        let seq = self.attention_mask.size()[1];
+        if seq == 0 {
+            return false;
+        }
+        let m = self.attention_mask.ne(0);
+        let starts_real = m.narrow(1, 0, 1).all().int64_value(&[]) != 0;
+        // A real token never follows padding: m[t + 1] implies m[t].
+        let no_gap = m.narrow(1, 1, seq - 1).le_tensor(&m.narrow(1, 0, seq - 1)).all().int64_value(&[]) != 0;
+        starts_real && no_gap
+    }
 }

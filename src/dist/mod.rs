@@ -1,21 +1,25 @@
 //! Communication across ranks.
 //!
-//! `Dist::from_env` joins the run that `fomaml-launch` (or torchrun) started: rank 0 hosts the
+//! `Dist::from_env` joins the run that `fomaml-launch` (or torchrun) started: the launcher (or rank 0) hosts the
 //! rendezvous store (`fomaml_store`) at MASTER_ADDR:MASTER_PORT, every rank connects to it with
 //! the run id, and the ranks build a communicator. Today that is the CPU backend (`tcp`); the NCCL
 //! backend will implement the same `Communicator` trait on device pointers. `nccl_lib` finds NCCL.
 
 pub mod comm;
+pub mod fsdp;
 mod link;
 pub mod nccl_lib;
 pub mod tcp;
 mod tcp_setup;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 pub use comm::{CommError, Communicator, OpDesc, OpKind, SingleRank};
 pub use fomaml_store::{StoreClient, StoreError, StoreServer, StoreServerHandle};
+pub use fsdp::SharedComm;
 pub use tcp::TcpComm;
 
 /// Seconds a collective (and the rendezvous) may wait before failing.
@@ -36,6 +40,8 @@ pub struct DistEnv {
     pub master_port: u16,
     pub run_id: String,
     pub timeout: Duration,
+    /// The launcher hosts the store (torchrun's TORCHELASTIC_USE_AGENT_STORE); otherwise rank 0 does.
+    pub agent_store: bool,
 }
 
 impl DistEnv {
@@ -72,6 +78,7 @@ impl DistEnv {
             master_port: parse("MASTER_PORT", &need("MASTER_PORT")?)?,
             run_id: var("TORCHELASTIC_RUN_ID").unwrap_or_else(|| DEFAULT_RUN_ID.into()),
             timeout,
+            agent_store: var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         }))
     }
 
@@ -103,7 +110,7 @@ pub struct Dist {
     pub rank: usize,
     pub world_size: usize,
     pub local_rank: usize,
-    pub comm: Box<dyn Communicator>,
+    pub comm: SharedComm,
     store: Option<StoreClient>,
     // Declared last: dropped after the client and communicator, so rank 0 serves the store
     // until its own users are gone.
@@ -113,7 +120,7 @@ pub struct Dist {
 impl Dist {
     /// One rank, no store: every collective is the identity.
     pub fn single() -> Dist {
-        Dist { rank: 0, world_size: 1, local_rank: 0, comm: Box::new(SingleRank::new()), store: None, _server: None }
+        Dist { rank: 0, world_size: 1, local_rank: 0, comm: shared(SingleRank::new()), store: None, _server: None }
     }
 
     /// From torchrun's variables; a single rank when they are absent (see `DistEnv::from_env`).
@@ -124,11 +131,11 @@ impl Dist {
         }
     }
 
-    /// Rank 0 hosts the store; every rank connects to it (retrying until the timeout: rank 0 may
+    /// Rank 0 hosts the store unless the launcher does; every rank connects to it (retrying until the timeout: rank 0 may
     /// start later) and joins the CPU backend's mesh.
     pub fn connect(env: &DistEnv) -> anyhow::Result<Dist> {
         let addr = env.store_addr();
-        let server = if env.rank == 0 {
+        let server = if env.rank == 0 && !env.agent_store {
             let s = StoreServer::bind(addr.as_str(), env.run_id.clone())
                 .with_context(|| format!("rank 0 could not host the store at {addr}"))?;
             Some(s.spawn().context("starting the store's thread")?)
@@ -141,7 +148,7 @@ impl Dist {
             rank: env.rank,
             world_size: env.world_size,
             local_rank: env.local_rank,
-            comm: Box::new(comm),
+            comm: shared(comm),
             store: Some(store),
             _server: server,
         })
@@ -155,4 +162,9 @@ impl Dist {
     pub fn is_main(&self) -> bool {
         self.rank == 0
     }
+}
+
+/// A communicator behind the shared handle the trainer and the sharded model both use.
+pub fn shared(comm: impl Communicator + 'static) -> SharedComm {
+    Rc::new(RefCell::new(Box::new(comm)))
 }

@@ -9,6 +9,7 @@ use tch::Tensor;
 
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
+use crate::dist::CommError;
 use crate::meta::core::Learner;
 use crate::meta::loss::{masked_nll_sum, scored_tokens};
 
@@ -23,18 +24,21 @@ pub struct SplitScore {
 }
 
 /// Scores all of `examples`, in batches of `batch_size`, at the current θ.
-pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: usize) -> SplitScore {
-    let _guard = tch::no_grad_guard();
-    let (mut sum, mut count, mut exact) = (0.0, 0i64, 0i64);
+pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: usize) -> Result<SplitScore, CommError> {
+    let (mut sum, mut count, mut exact) = (0.0, 0.0, 0.0);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&EncodedExample> = chunk.iter().collect();
         let batch = SftBatch::collate(&refs, learner.pad_id, learner.device);
-        let logits = learner.scoring_logits(&batch);
-        sum += masked_nll_sum(&logits, &batch.input_ids, &batch.loss_mask).double_value(&[]);
-        count += scored_tokens(&batch.loss_mask);
-        exact += exact_matches(&logits, &batch.input_ids, &batch.loss_mask);
+        let [s, c, e] = learner.summed_scores(&batch, |rows, logits| {
+            [
+                masked_nll_sum(logits, &rows.input_ids, &rows.loss_mask).double_value(&[]),
+                scored_tokens(&rows.loss_mask) as f64,
+                exact_matches(logits, &rows.input_ids, &rows.loss_mask) as f64,
+            ]
+        })?;
+        (sum, count, exact) = (sum + s, count + c, exact + e);
     }
-    SplitScore { loss: sum / count.max(1) as f64, exact_match: exact as f64 / examples.len().max(1) as f64 }
+    Ok(SplitScore { loss: sum / count.max(1.0), exact_match: exact / examples.len().max(1) as f64 })
 }
 
 /// Rows whose scored next-token predictions are all argmax-correct.
@@ -56,7 +60,7 @@ pub fn adaptation_curve(
     lr: f64,
     batch_size: usize,
     eval_split: Split,
-) -> Vec<SplitScore> {
+) -> Result<Vec<SplitScore>, CommError> {
     let theta = learner.snapshot();
     let support = task.examples(Split::Support);
     let target = task.examples(eval_split);
@@ -64,7 +68,7 @@ pub fn adaptation_curve(
     let mut losses = Vec::with_capacity(at_steps.len());
     for step in 0..=last {
         if at_steps.contains(&step) {
-            losses.push(score_split(learner, target, batch_size));
+            losses.push(score_split(learner, target, batch_size)?);
         }
         if step == last {
             break;
@@ -72,9 +76,9 @@ pub fn adaptation_curve(
         let batch: Vec<&EncodedExample> =
             (0..batch_size).map(|i| &support[(step * batch_size + i) % support.len()]).collect();
         let batch = SftBatch::collate(&batch, learner.pad_id, learner.device);
-        let grads: Vec<Tensor> = learner.gradients(&learner.loss(&batch));
+        let (_, grads) = learner.loss_and_grads(&batch)?;
         learner.sgd_(&grads, lr);
     }
     learner.restore(&theta);
-    losses
+    Ok(losses)
 }

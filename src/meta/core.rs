@@ -10,9 +10,11 @@ use tch::{Device, Kind, Tensor};
 use crate::config::schema::{InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
 use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
+use crate::dist::fsdp::{Frozen, Fsdp, Layout, SharedComm};
+use crate::dist::CommError;
 use crate::meta::loss::{masked_nll_sum_at_scored, scored_tokens};
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
-use crate::optim::Optimizer;
+use crate::optim::{clip_to, squared_norm, Optimizer};
 
 pub struct Learner {
     cfg: ModelConfig,
@@ -27,6 +29,9 @@ pub struct Learner {
     /// With LoRA: the frozen base weights (no gradients, no optimizer state) and the adapter's
     /// settings; θ is then the adapter alone.
     frozen: Option<(Weights, LoraConfig)>,
+    /// When θ is sharded across ranks: `params` are then this rank's flat shards, one per unit of
+    /// the layout, and every loss and gradient goes through the sharded runner.
+    fsdp: Option<Fsdp>,
 }
 
 impl Learner {
@@ -37,7 +42,7 @@ impl Learner {
         let weights = weights.to(device, master).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
-        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, frozen: None }
+        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, frozen: None, fsdp: None }
     }
 
     /// A learner whose θ is a LoRA `adapter` over the frozen `base` (kept in the compute dtype).
@@ -54,6 +59,56 @@ impl Learner {
         let mut learner = Self::new(cfg, adapter, device, compute_kind, pad_id);
         learner.frozen = Some((frozen, lora));
         learner
+    }
+
+    /// Shards θ (and the frozen base under LoRA) across the communicator's ranks, FSDP-style:
+    /// this rank keeps its slice of each unit's flat buffer and the full weights are dropped.
+    pub fn shard(mut self, comm: SharedComm) -> Self {
+        let (rank, world) = {
+            let c = comm.borrow();
+            (c.rank(), c.world_size())
+        };
+        let layers = self.cfg.num_hidden_layers;
+        let shard_all = |names: &[String], tensors: &[Tensor]| {
+            let shapes: Vec<(String, Vec<i64>)> = names.iter().cloned().zip(tensors.iter().map(Tensor::size)).collect();
+            let layout = Layout::new(layers, &shapes).expect("every parameter of the decoder belongs to a unit");
+            let by_name = |n: &str| tensors[names.iter().position(|m| m == n).expect("listed name")].detach();
+            let shards =
+                (0..layout.units.len()).map(|u| layout.shard_of(u, &layout.flatten(u, by_name), world, rank)).collect();
+            (layout, shards)
+        };
+        let (layout, shards) = shard_all(&self.names, &self.params);
+        let lora = self.frozen.take().map(|(base, lora)| {
+            let names = base.names().to_vec();
+            let tensors: Vec<Tensor> = names.iter().map(|n| base.get(n).expect("listed name")).collect();
+            let (layout, shards) = shard_all(&names, &tensors);
+            (Frozen { layout, shards }, lora)
+        });
+        self.names = (0..layout.units.len()).map(|u| format!("unit.{u}")).collect();
+        self.params = shards;
+        let (frozen, scale) = match lora {
+            Some((frozen, lora)) => (Some(frozen), Some((lora.scale(), lora.dropout))),
+            None => (None, None),
+        };
+        self.fsdp = Some(Fsdp::new(self.cfg.clone(), comm, layout, frozen, self.compute_kind, self.device, scale));
+        self
+    }
+
+    /// The sharded runner, when θ is sharded.
+    pub fn fsdp(&self) -> Option<&Fsdp> {
+        self.fsdp.as_ref()
+    }
+
+    /// Which unit holds each parameter of θ (the sharded layout, or the one it would have).
+    pub fn layout(&self) -> Layout {
+        match &self.fsdp {
+            Some(fsdp) => fsdp.layout.clone(),
+            None => {
+                let shapes: Vec<(String, Vec<i64>)> =
+                    self.names.iter().cloned().zip(self.params.iter().map(Tensor::size)).collect();
+                Layout::new(self.cfg.num_hidden_layers, &shapes).expect("every parameter belongs to a unit")
+            }
+        }
     }
 
     pub fn lora(&self) -> Option<&LoraConfig> {
@@ -80,6 +135,7 @@ impl Learner {
     /// cast is differentiable, so gradients arrive in the master dtype.
     /// `train` turns LoRA dropout on.
     fn model(&self, params: &[Tensor], train: bool) -> Result<CausalLm, ModelError> {
+        assert!(self.fsdp.is_none(), "the whole model is not built from shards");
         let mut weights = Weights::new();
         if let Some((base, _)) = &self.frozen {
             for (name, w) in base.iter() {
@@ -121,8 +177,9 @@ impl Learner {
     /// a real token attends only to earlier positions, which are all real, so every scored logit is
     /// the one the padding mask gives; padded positions differ but are never scored.
     pub fn loss_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
+        assert!(self.fsdp.is_none(), "a loss with a graph needs the whole model; use loss_and_grads");
         let model = self.model(params, true).expect("θ holds every weight the config names");
-        let mask = if is_right_padded(&batch.attention_mask) { None } else { Some(&batch.attention_mask) };
+        let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
         let hidden = model.hidden_states(&batch.input_ids, mask, Some(&batch.position_ids));
         let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.loss_mask);
         sum / scored_tokens(&batch.loss_mask).max(1) as f64
@@ -133,9 +190,78 @@ impl Learner {
         self.loss_at(&self.params, batch)
     }
 
-    /// ∂loss/∂θ, one tensor per parameter; create_graph off, graph freed.
+    /// ∂loss/∂θ, one tensor per parameter; create_graph off, graph freed. Whole model only
+    /// (second-order MAML); everything else goes through [`Learner::loss_and_grads`].
     pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
+        assert!(self.fsdp.is_none(), "gradients of a graph need the whole model; use loss_and_grads");
         Tensor::run_backward(&[loss], &self.params, false, false)
+    }
+
+    /// verl's SFT loss of a (global) batch at θ, detached, and its gradient, one tensor per entry
+    /// of `params()`. Sharded, each rank computes its rows' share of the loss normalised by the
+    /// batch's total scored tokens, so the summed gradient is that of the global mean.
+    pub fn loss_and_grads(&self, batch: &SftBatch) -> Result<(Tensor, Vec<Tensor>), CommError> {
+        let Some(fsdp) = &self.fsdp else {
+            let loss = self.loss(batch);
+            let grads = self.gradients(&loss);
+            return Ok((loss.detach(), grads));
+        };
+        let count = scored_tokens(&batch.loss_mask).max(1) as f64;
+        let rows = fsdp.local_rows(batch);
+        let (part, grads) = fsdp.forward_backward(&self.params, rows.as_ref(), |rows, hidden, lm_head| {
+            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.loss_mask) / count
+        })?;
+        Ok((self.summed_scalar(part)?, grads))
+    }
+
+    /// The loss of a (global) batch at θ, without gradients (LoRA dropout on, as in training).
+    pub fn loss_value(&self, batch: &SftBatch) -> Result<Tensor, CommError> {
+        let Some(fsdp) = &self.fsdp else { return Ok(tch::no_grad(|| self.loss(batch))) };
+        let count = scored_tokens(&batch.loss_mask).max(1) as f64;
+        let rows = fsdp.local_rows(batch);
+        let part = fsdp.forward(&self.params, rows.as_ref(), true, |rows, hidden, lm_head| {
+            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.loss_mask) / count
+        })?;
+        self.summed_scalar(part)
+    }
+
+    /// `score(rows, logits)` over a (global) batch's rows at θ for evaluation (no dropout),
+    /// summed over ranks: per-row statistics such as loss sums and counts.
+    pub fn summed_scores<const N: usize>(
+        &self,
+        batch: &SftBatch,
+        score: impl FnOnce(&SftBatch, &Tensor) -> [f64; N],
+    ) -> Result<[f64; N], CommError> {
+        let _guard = tch::no_grad_guard();
+        let Some(fsdp) = &self.fsdp else { return Ok(score(batch, &self.scoring_logits(batch))) };
+        let rows = fsdp.local_rows(batch);
+        let part = fsdp.forward(&self.params, rows.as_ref(), false, |rows, hidden, lm_head| {
+            score(rows, &hidden.linear::<Tensor>(lm_head, None))
+        })?;
+        let total = fsdp.all_reduce(Tensor::from_slice(&part.unwrap_or([0.0; N])))?;
+        let mut out = [0.0; N];
+        total.copy_data(&mut out, N);
+        Ok(out)
+    }
+
+    fn summed_scalar(&self, part: Option<Tensor>) -> Result<Tensor, CommError> {
+        let fsdp = self.fsdp.as_ref().expect("sharded");
+        let kind = if self.compute_kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let part = part.map_or_else(|| Tensor::zeros([], (kind, self.device)), |p| p.to_kind(kind));
+        fsdp.all_reduce(part)
+    }
+
+    /// Scales `grads` so their global L2 norm (over all ranks' shards) is at most `max_norm`
+    /// (`<= 0`: only measures) and returns the norm before clipping.
+    pub fn clip_grad_norm(&self, grads: &[Tensor], max_norm: f64) -> Result<f64, CommError> {
+        let squared = squared_norm(grads);
+        let squared = match &self.fsdp {
+            Some(fsdp) => fsdp.all_reduce(squared)?,
+            None => squared,
+        };
+        let norm = squared.sqrt().double_value(&[]);
+        clip_to(grads, norm, max_norm);
+        Ok(norm)
     }
 
     /// θ ← θ − lr·g, in place and outside autograd (one fused pass per tensor, no temporary).
@@ -165,20 +291,6 @@ impl Learner {
     pub fn zeros_like_params(&self) -> Vec<Tensor> {
         self.params.iter().map(|p| p.detach().zeros_like()).collect()
     }
-}
-
-/// Whether each row of a 0/1 attention mask [batch, seq] is ones then zeros (no padding at all
-/// included).
-fn is_right_padded(attention_mask: &Tensor) -> bool {
-    let seq = attention_mask.size()[1];
-    if seq == 0 {
-        return false;
-    }
-    let m = attention_mask.ne(0);
-    let starts_real = m.narrow(1, 0, 1).all().int64_value(&[]) != 0;
-    // A real token never follows padding: m[t + 1] implies m[t].
-    let no_gap = m.narrow(1, 1, seq - 1).le_tensor(&m.narrow(1, 0, seq - 1)).all().int64_value(&[]) != 0;
-    starts_real && no_gap
 }
 
 /// Non-padding tokens of a batch (what tokens/s counts).
@@ -251,7 +363,7 @@ pub fn adapt(
     lr: f64,
     batch_size: usize,
     fresh_batches: bool,
-) -> Adaptation {
+) -> Result<Adaptation, CommError> {
     adapt_with(learner, task, steps, batch_size, fresh_batches, &mut InnerOptimizer::Sgd { lr })
 }
 
@@ -263,7 +375,7 @@ pub fn adapt_with(
     batch_size: usize,
     fresh_batches: bool,
     optimizer: &mut InnerOptimizer,
-) -> Adaptation {
+) -> Result<Adaptation, CommError> {
     let mut out = Adaptation::default();
     let mut batch = None;
     for step in 0..steps {
@@ -271,11 +383,10 @@ pub fn adapt_with(
             batch = Some(task.next_batch(Split::Support, batch_size, learner.pad_id, learner.device));
         }
         let batch = batch.as_ref().expect("drawn at step 0");
-        let loss = learner.loss(batch);
+        let (loss, grads) = learner.loss_and_grads(batch)?;
         out.support_losses.push(loss.double_value(&[]));
         out.tokens += batch_tokens(batch);
-        let grads = learner.gradients(&loss);
         optimizer.step(learner, &grads);
     }
-    out
+    Ok(out)
 }

@@ -10,6 +10,7 @@ use super::core::{accumulate, adapt, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
+use crate::dist::CommError;
 
 /// Writes the meta-gradient into `meta_grad` (overwritten) and returns what each task did.
 pub fn meta_gradient(
@@ -17,7 +18,7 @@ pub fn meta_gradient(
     tasks: &mut [&mut TaskData],
     meta: &MetaSection,
     meta_grad: &[tch::Tensor],
-) -> Vec<TaskOutcome> {
+) -> Result<Vec<TaskOutcome>, CommError> {
     zero_(meta_grad);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
@@ -30,10 +31,10 @@ pub fn meta_gradient(
             meta.inner_lr,
             meta.inner_batch_size,
             meta.fresh_support_batch_per_step,
-        );
+        )?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
-        let query_loss = learner.loss(&query);
-        accumulate(meta_grad, &learner.gradients(&query_loss), scale);
+        let (query_loss, grads) = learner.loss_and_grads(&query)?;
+        accumulate(meta_grad, &grads, scale);
         learner.restore(&theta);
         outcomes.push(TaskOutcome {
             name: task.name.clone(),
@@ -42,5 +43,5 @@ pub fn meta_gradient(
             tokens: inner.tokens + batch_tokens(&query),
         });
     }
-    outcomes
+    Ok(outcomes)
 }

@@ -14,7 +14,8 @@ use super::core::{accumulate, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::{MetaSection, OptimSection, OptimizerType};
 use crate::data::tasks::{Split, TaskData};
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::dist::CommError;
+use crate::optim::Optimizer;
 
 pub fn meta_gradient(
     learner: &Learner,
@@ -22,7 +23,7 @@ pub fn meta_gradient(
     meta: &MetaSection,
     optim: &OptimSection,
     meta_grad: &[Tensor],
-) -> Vec<TaskOutcome> {
+) -> Result<Vec<TaskOutcome>, CommError> {
     zero_(meta_grad);
     let shared = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
@@ -38,21 +39,20 @@ pub fn meta_gradient(
                 support = Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
             }
             let batch = support.as_ref().expect("drawn at step 0");
-            let loss = learner.loss(batch);
+            let (loss, grads) = learner.loss_and_grads(batch)?;
             outcome.support_loss = loss.double_value(&[]);
             outcome.tokens += batch_tokens(batch);
-            let grads = learner.gradients(&loss);
-            clip_grad_norm(&grads, optim.clip_grad);
+            learner.clip_grad_norm(&grads, optim.clip_grad)?;
             inner.step(learner.params(), &grads, 1.0);
         }
         // Stage 2: the query gradient at the adapted adapter, into the shared update.
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
-        let query_loss = learner.loss(&query);
+        let (query_loss, grads) = learner.loss_and_grads(&query)?;
         outcome.query_loss = query_loss.double_value(&[]);
         outcome.tokens += batch_tokens(&query);
-        accumulate(meta_grad, &learner.gradients(&query_loss), scale);
+        accumulate(meta_grad, &grads, scale);
         learner.restore(&shared);
         outcomes.push(outcome);
     }
-    outcomes
+    Ok(outcomes)
 }

@@ -15,6 +15,7 @@ use super::core::{accumulate, adapt_with, batch_tokens, zero_, InnerOptimizer, L
 use super::TaskOutcome;
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
+use crate::dist::CommError;
 
 pub fn direction(
     learner: &Learner,
@@ -22,7 +23,7 @@ pub fn direction(
     meta: &MetaSection,
     optim: &OptimSection,
     direction: &[Tensor],
-) -> Vec<TaskOutcome> {
+) -> Result<Vec<TaskOutcome>, CommError> {
     zero_(direction);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
@@ -36,9 +37,9 @@ pub fn direction(
             meta.inner_batch_size,
             meta.fresh_support_batch_per_step,
             &mut inner,
-        );
+        )?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
-        let query_loss = tch::no_grad(|| learner.loss(&query)).double_value(&[]);
+        let query_loss = learner.loss_value(&query)?.double_value(&[]);
         // direction += (θ − θ_i) / n
         let moved: Vec<Tensor> = theta.iter().zip(learner.params()).map(|(t, p)| t - p.detach()).collect();
         accumulate(direction, &moved, scale);
@@ -50,5 +51,5 @@ pub fn direction(
             tokens: adaptation.tokens + batch_tokens(&query),
         });
     }
-    outcomes
+    Ok(outcomes)
 }

@@ -6,13 +6,14 @@ use super::core::{accumulate, batch_tokens, zero_, Learner};
 use super::TaskOutcome;
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
+use crate::dist::CommError;
 
 pub fn gradient(
     learner: &Learner,
     tasks: &mut [&mut TaskData],
     meta: &MetaSection,
     grad: &[tch::Tensor],
-) -> Vec<TaskOutcome> {
+) -> Result<Vec<TaskOutcome>, CommError> {
     zero_(grad);
     let batches_per_task = meta.num_inner_steps + 1;
     let scale = 1.0 / (tasks.len() * batches_per_task) as f64;
@@ -26,17 +27,17 @@ pub fn gradient(
                     Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
             }
             let batch = support_batch.as_ref().expect("drawn at step 0");
-            let loss = learner.loss(batch);
+            let (loss, grads) = learner.loss_and_grads(batch)?;
             outcome.support_loss = loss.double_value(&[]);
             outcome.tokens += batch_tokens(batch);
-            accumulate(grad, &learner.gradients(&loss), scale);
+            accumulate(grad, &grads, scale);
         }
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
-        let loss = learner.loss(&query);
+        let (loss, grads) = learner.loss_and_grads(&query)?;
         outcome.query_loss = loss.double_value(&[]);
         outcome.tokens += batch_tokens(&query);
-        accumulate(grad, &learner.gradients(&loss), scale);
+        accumulate(grad, &grads, scale);
         outcomes.push(outcome);
     }
-    outcomes
+    Ok(outcomes)
 }

@@ -42,18 +42,18 @@ impl Linear {
     }
 }
 
-struct RmsNorm {
+pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
 }
 
 impl RmsNorm {
-    fn new(w: &Weights, name: &str, eps: f64) -> Result<Self, ModelError> {
+    pub fn new(w: &Weights, name: &str, eps: f64) -> Result<Self, ModelError> {
         Ok(Self { weight: w.get(name)?, eps })
     }
 
     /// Normalises over the last dimension in fp32 (fp64 stays fp64), as transformers does.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let wide = if kind == Kind::Double { Kind::Double } else { Kind::Float };
         let x32 = x.to_kind(wide);
@@ -64,12 +64,12 @@ impl RmsNorm {
 }
 
 /// Rotary position embedding: inverse frequencies fixed at construction, angles from position ids.
-struct Rotary {
+pub struct Rotary {
     inv_freq: Tensor,
 }
 
 impl Rotary {
-    fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
+    pub fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
         // Computed in fp32 with the same ops as transformers, so angles agree to the last bit.
         let dim = cfg.head_dim;
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
@@ -229,7 +229,7 @@ impl Mlp {
     }
 }
 
-struct DecoderLayer {
+pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -237,7 +237,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &ModelConfig, w: &Weights, index: i64) -> Result<Self, ModelError> {
+    pub fn new(cfg: &ModelConfig, w: &Weights, index: i64) -> Result<Self, ModelError> {
         let p = format!("model.layers.{index}");
         let eps = cfg.rms_norm_eps;
         Ok(Self {
@@ -248,13 +248,80 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask);
+    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), &inputs.cos, &inputs.sin, &inputs.mask);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    /// Attention through libtorch's math kernel, the one with a second derivative (the fused
+    /// kernels have none), for second-order MAML. Slower; same values.
+    pub fn twice_differentiable(mut self) -> Self {
+        self.self_attn.twice_differentiable = true;
+        self
+    }
+
+    /// Sets every LoRA-adapted projection's scale (alpha / r) and dropout; `train` turns dropout on.
+    pub fn with_lora(mut self, scale: f64, dropout: f64, train: bool) -> Self {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        for linear in [
+            &mut attn.q_proj,
+            &mut attn.k_proj,
+            &mut attn.v_proj,
+            &mut attn.o_proj,
+            &mut mlp.gate_proj,
+            &mut mlp.up_proj,
+            &mut mlp.down_proj,
+        ] {
+            if let Some(lora) = &mut linear.lora {
+                (lora.scale, lora.dropout, lora.train) = (scale, dropout, train);
+            }
+        }
+        self
     }
 }
 
+/// What every decoder layer of one batch shares: rotary angles and the attention mask.
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    mask: AttentionMask,
+}
+
+impl LayerInputs {
+    /// `attention_mask` [batch, seq] marks real tokens with 1 (None: no padding, the fused causal
+    /// path); `position_ids` [batch, seq] defaults to 0..seq for every row; `kind` is the
+    /// activations' dtype.
+    pub fn new(
+        rotary: &Rotary,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        kind: Kind,
+    ) -> Self {
+        let (batch, seq) = input_ids.size2().expect("input_ids are [batch, seq]");
+        let default_positions;
+        let positions = match position_ids {
+            Some(p) => p,
+            None => {
+                default_positions =
+                    Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, seq], false);
+                &default_positions
+            }
+        };
+        let (cos, sin) = rotary.cos_sin(positions, kind);
+        Self { cos, sin, mask: AttentionMask::new(attention_mask, seq) }
+    }
+}
+
+/// Token embeddings [batch, seq, hidden] of `input_ids` under the embedding matrix [vocab, hidden].
+pub fn embed(embed_tokens: &Tensor, input_ids: &Tensor) -> Tensor {
+    Tensor::embedding(embed_tokens, input_ids, -1, false, false)
+}
+
 /// The causal language model: embeddings, decoder layers, final norm, LM head.
+///
+/// Its parts (`embed`, [`DecoderLayer`], [`RmsNorm`], [`LayerInputs`]) are public so that a
+/// sharded runner can build and run them one unit at a time; `forward` here is the whole model.
 pub struct CausalLm {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
@@ -280,34 +347,15 @@ impl CausalLm {
         })
     }
 
-    /// Attention through libtorch's math kernel, the one with a second derivative (the fused
-    /// kernels have none), for second-order MAML. Slower; same values.
+    /// Every layer through [`DecoderLayer::twice_differentiable`] (second-order MAML).
     pub fn twice_differentiable(mut self) -> Self {
-        for layer in &mut self.layers {
-            layer.self_attn.twice_differentiable = true;
-        }
+        self.layers = self.layers.into_iter().map(DecoderLayer::twice_differentiable).collect();
         self
     }
 
-    /// Sets every LoRA-adapted layer's scale (alpha / r) and dropout; `train` turns dropout on.
+    /// Every layer through [`DecoderLayer::with_lora`].
     pub fn with_lora(mut self, scale: f64, dropout: f64, train: bool) -> Self {
-        for layer in &mut self.layers {
-            let attn = &mut layer.self_attn;
-            let mlp = &mut layer.mlp;
-            for linear in [
-                &mut attn.q_proj,
-                &mut attn.k_proj,
-                &mut attn.v_proj,
-                &mut attn.o_proj,
-                &mut mlp.gate_proj,
-                &mut mlp.up_proj,
-                &mut mlp.down_proj,
-            ] {
-                if let Some(lora) = &mut linear.lora {
-                    (lora.scale, lora.dropout, lora.train) = (scale, dropout, train);
-                }
-            }
-        }
+        self.layers = self.layers.into_iter().map(|l| l.with_lora(scale, dropout, train)).collect();
         self
     }
 
@@ -341,24 +389,13 @@ impl CausalLm {
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
     ) -> Tensor {
-        let (batch, seq) = input_ids.size2().expect("input_ids are [batch, seq]");
         // 1. Token embeddings.
-        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
-        // 2. Rotary angles for each position, shared by all layers.
-        let default_positions;
-        let positions = match position_ids {
-            Some(p) => p,
-            None => {
-                default_positions =
-                    Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, seq], false);
-                &default_positions
-            }
-        };
-        let (cos, sin) = self.rotary.cos_sin(positions, h.kind());
-        // 3. The decoder stack under a causal (and padding) mask.
-        let mask = AttentionMask::new(attention_mask, seq);
+        let mut h = embed(&self.embed_tokens, input_ids);
+        // 2. Rotary angles and the causal (and padding) mask, shared by all layers.
+        let inputs = LayerInputs::new(&self.rotary, input_ids, attention_mask, position_ids, h.kind());
+        // 3. The decoder stack.
         for layer in &self.layers {
-            h = layer.forward(&h, &cos, &sin, &mask);
+            h = layer.forward(&h, &inputs);
         }
         // 4. Final norm (the LM head is applied by the caller).
         self.norm.forward(&h)

@@ -47,8 +47,19 @@ impl Schedule {
 /// torch.nn.utils.clip_grad_norm_), and returns the norm before clipping. `max_norm <= 0` only
 /// measures.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
+    let norm = squared_norm(grads).sqrt().double_value(&[]);
+    clip_to(grads, norm, max_norm);
+    norm
+}
+
+/// Σ‖g‖² over `grads`, an fp32 scalar (sharded callers sum it over ranks before the root).
+pub fn squared_norm(grads: &[Tensor]) -> Tensor {
     let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
-    let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
+    Tensor::stack(&squares, 0).sum(Kind::Float)
+}
+
+/// Scales `grads` by max_norm / (norm + 1e-6) when that is below 1 (torch's rule).
+pub fn clip_to(grads: &[Tensor], norm: f64, max_norm: f64) {
     if max_norm > 0.0 && norm.is_finite() {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
@@ -57,7 +68,6 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
             }
         }
     }
-    norm
 }
 
 pub struct Optimizer {

@@ -1,5 +1,10 @@
-//! The training loop: one process, any algorithm of `meta`, metrics, evaluation, checkpoints and
-//! exact resume. Read [`Trainer::run`] top to bottom for a meta-step.
+//! The training loop: any algorithm of `meta`, on one process or sharded across the ranks that
+//! `fomaml-launch` started, with metrics, evaluation, checkpoints and exact resume (at the same or
+//! another world size). Read [`Trainer::run_until`] top to bottom for a meta-step.
+//!
+//! Sharded, every rank runs this same loop on the same tasks and batches (each computes its rows);
+//! losses and norms are summed across ranks, so every rank takes the same decisions. Rank 0 alone
+//! writes logs; every rank writes its slice of each checkpoint.
 
 mod console;
 mod setup;
@@ -8,26 +13,27 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::checkpoint::shards::{rank_file, read_for, state_name, Reader};
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::schema::{Algorithm, NanPolicy, ResumeMode};
+use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
+use crate::dist::{CommError, Dist};
 use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
-use crate::optim::{clip_grad_norm, Optimizer, Schedule};
+use crate::optim::{Optimizer, Schedule};
 use crate::runtime::{peak_rss_bytes, reset_peak_rss};
 
 pub use console::Console;
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub use crate::checkpoint::shards::{MODEL_FILE, OPTIMIZER_FILE};
 
 /// The trainer's resumable state beyond tensors (stored in the checkpoint's meta.json).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,16 +70,22 @@ pub struct Trainer {
     console: Console,
     resumed_from: Option<PathBuf>,
     last_record: Option<Record>,
+    /// This rank's place in the run (a single rank without a launcher). Declared last: the
+    /// store it may host outlives everything that talks to it.
+    dist: Dist,
 }
 
 impl Trainer {
     pub fn new(config: Config) -> Result<Self> {
-        setup::check(&config)?;
+        let dist = Dist::from_env()?;
+        setup::check(&config, dist.world_size)?;
         let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config)?;
+        let sharded = dist.world_size > 1 || config.trainer.sharding == Sharding::Fsdp;
+        let learner = if sharded { learner.shard(dist.comm.clone()) } else { learner };
         let optimizer = Optimizer::new(&config.optim, config.meta.outer_lr, learner.params());
         let schedule = Schedule::new(&config.optim, config.trainer.total_steps);
         let run_dir = PathBuf::from(&config.trainer.default_local_dir);
-        let console = Console::new(config.trainer.logger.iter().any(|l| l == "console"));
+        let console = Console::new(dist.is_main() && config.trainer.logger.iter().any(|l| l == "console"));
         let mut trainer = Self {
             model_dir,
             run_dir,
@@ -89,9 +101,12 @@ impl Trainer {
             resumed_from: None,
             last_record: None,
             config,
+            dist,
         };
         trainer.resume()?;
-        trainer.sinks = setup::sinks(&trainer.config, &trainer.run_dir, trainer.step)?;
+        if trainer.dist.is_main() {
+            trainer.sinks = setup::sinks(&trainer.config, &trainer.run_dir, trainer.step)?;
+        }
         Ok(trainer)
     }
 
@@ -115,9 +130,11 @@ impl Trainer {
         let total = self.config.trainer.total_steps as u64;
         let end = stop_at.map_or(total, |s| s.min(total));
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
-        crate::fsutil::write_atomically(&self.run_dir.join("config.yaml"), |f| {
-            std::io::Write::write_all(f, self.config.to_yaml().as_bytes())
-        })?;
+        if self.dist.is_main() {
+            crate::fsutil::write_atomically(&self.run_dir.join("config.yaml"), |f| {
+                std::io::Write::write_all(f, self.config.to_yaml().as_bytes())
+            })?;
+        }
         self.console.start(self.step, total, &self.run_dir, self.resumed_from.as_deref());
         let grad = self.learner.zeros_like_params();
         let mut last_checkpoint = None;
@@ -133,24 +150,18 @@ impl Trainer {
             let mut batch: Vec<&mut TaskData> = self.tasks.iter_mut().filter(|t| chosen.contains(&t.name)).collect();
 
             // 2. The update direction, left in `grad`: the meta-gradient, or the SFT gradient.
-            let outcomes = match self.config.meta.algorithm {
-                Algorithm::Fomaml if self.config.meta.use_fomaml => {
-                    fomaml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad)
-                }
-                Algorithm::Fomaml | Algorithm::Maml => {
-                    maml::meta_gradient(&self.learner, &mut batch, &self.config.meta, &grad)
-                }
-                Algorithm::Sft => sft::gradient(&self.learner, &mut batch, &self.config.meta, &grad),
-                Algorithm::MetaLora => {
-                    meta_lora::meta_gradient(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)
-                }
-                Algorithm::Reptile => {
-                    reptile::direction(&self.learner, &mut batch, &self.config.meta, &self.config.optim, &grad)
-                }
+            let (meta, optim) = (&self.config.meta, &self.config.optim);
+            let outcomes = match meta.algorithm {
+                Algorithm::Fomaml if meta.use_fomaml => fomaml::meta_gradient(&self.learner, &mut batch, meta, &grad),
+                Algorithm::Fomaml | Algorithm::Maml => Ok(maml::meta_gradient(&self.learner, &mut batch, meta, &grad)),
+                Algorithm::Sft => sft::gradient(&self.learner, &mut batch, meta, &grad),
+                Algorithm::MetaLora => meta_lora::meta_gradient(&self.learner, &mut batch, meta, optim, &grad),
+                Algorithm::Reptile => reptile::direction(&self.learner, &mut batch, meta, optim, &grad),
             };
+            let outcomes = outcomes.map_err(|e| self.comm_failure(e))?;
 
             // 3. Clip, then the outer update, unless a loss or the gradient is not finite.
-            let grad_norm = clip_grad_norm(&grad, self.config.optim.clip_grad);
+            let grad_norm = self.learner.clip_grad_norm(&grad, optim.clip_grad).map_err(|e| self.comm_failure(e))?;
             let lr_factor = self.schedule.factor(self.step as usize);
             let update = self.check_finite(&outcomes, grad_norm)?;
             if update {
@@ -173,7 +184,7 @@ impl Trainer {
             }
             let freq = self.config.trainer.test_freq as u64;
             if freq > 0 && (self.step % freq == 0 || self.step == total) {
-                scalars.extend(self.evaluate());
+                scalars.extend(self.evaluate().map_err(|e| self.comm_failure(e))?);
             }
             let record = Record { step: self.step, scalars };
             self.log(&record)?;
@@ -197,6 +208,11 @@ impl Trainer {
             last_checkpoint,
             last_record: self.last_record,
         })
+    }
+
+    /// A collective failed (another rank died or diverged): the step it happened in, and why.
+    fn comm_failure(&self, e: CommError) -> anyhow::Error {
+        anyhow!("rank {} at meta-step {}: {e}", self.dist.rank, self.step + 1)
     }
 
     fn choose_tasks(&self) -> Vec<String> {
@@ -229,16 +245,16 @@ impl Trainer {
 
     /// Few-shot evaluation: each target task adapted with the inner loop's K and α, its loss
     /// and exact match before and after; θ restored.
-    fn evaluate(&self) -> Vec<(String, f64)> {
+    fn evaluate(&self) -> Result<Vec<(String, f64)>, CommError> {
         let meta = &self.config.meta;
         let steps = [0, meta.num_inner_steps];
         let mut curves = Vec::new();
         for (task, split) in &self.eval_tasks {
-            let curve = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split);
+            let curve = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split)?;
             curves.push((task.name.as_str(), curve));
         }
         if curves.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mean =
             |f: &dyn Fn(&[SplitScore]) -> f64| curves.iter().map(|(_, c)| f(c)).sum::<f64>() / curves.len() as f64;
@@ -249,7 +265,7 @@ impl Trainer {
             ("eval/exact_match_after_adaptation".to_string(), mean(&|c| c[1].exact_match)),
         ];
         scalars.extend(curves.iter().map(|(name, c)| (format!("eval/{name}/adapted_loss"), c[1].loss)));
-        scalars
+        Ok(scalars)
     }
 
     fn log(&mut self, record: &Record) -> Result<()> {
@@ -261,34 +277,69 @@ impl Trainer {
         Ok(())
     }
 
+    /// Writes a checkpoint of the current step: the whole model's files, or every rank's slice
+    /// (rank 0 stages the directory and writes meta.json once every rank's file is in).
     fn save(&self) -> Result<PathBuf> {
         let state = TrainState {
             optimizer_steps: self.optimizer.steps,
             skipped_steps: self.skipped_steps,
             task_positions: self.tasks.iter().map(|t| (t.name.clone(), t.position())).collect(),
         };
-        let meta = CheckpointMeta::new(
+        let mut meta = CheckpointMeta::new(
             self.step,
-            1,
+            self.dist.world_size,
             self.model_dir.display().to_string(),
             self.config.to_yaml(),
             serde_json::to_value(state).expect("state serialises"),
         );
         let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
-        let params: Vec<(String, Tensor)> =
-            self.learner.named_params().iter().map(|(n, t)| (n.to_string(), cpu(t))).collect();
-        let optim: Vec<(String, Tensor)> = self.optimizer.state().into_iter().map(|(n, t)| (n, cpu(t))).collect();
-        let dir = checkpoint::save(
-            &self.checkpoint_root(),
-            meta,
-            &[(MODEL_FILE, named_refs(&params)), (OPTIMIZER_FILE, named_refs(&optim))],
-            self.config.checkpoint.max_ckpt_to_keep,
-        )?;
+        let names = self.learner.names();
+        let params: Vec<(String, Tensor)> = names.iter().zip(self.learner.params()).map(|(n, t)| (n.clone(), cpu(t))).collect();
+        // The optimizer names its moments `exp_avg.<i>`; checkpoints name them by parameter.
+        let moment_name = |name: &str| {
+            let (kind, index) = name.rsplit_once('.').expect("optimizer state is named <kind>.<index>");
+            state_name(&format!("{kind}/"), &names[index.parse::<usize>().expect("an index")])
+        };
+        let optim: Vec<(String, Tensor)> =
+            self.optimizer.state().into_iter().map(|(n, t)| (moment_name(&n), cpu(t))).collect();
+        let root = self.checkpoint_root();
+        let keep = self.config.checkpoint.max_ckpt_to_keep;
+        let Some(fsdp) = self.learner.fsdp() else {
+            let files = [(MODEL_FILE, named_refs(&params)), (OPTIMIZER_FILE, named_refs(&optim))];
+            return Ok(checkpoint::save(&root, meta, &files, keep)?);
+        };
+        // Empty units (no parameter of θ) have nothing to save.
+        let layout = &fsdp.layout;
+        let mut tensors: Vec<(String, Tensor)> = params.into_iter().chain(optim).collect();
+        tensors.retain(|(name, _)| {
+            let unit = name.rsplit_once("unit.").and_then(|(_, u)| u.parse::<usize>().ok()).expect("unit.<u>");
+            layout.units[unit].numel > 0
+        });
+        let comm = |e: CommError| anyhow!("saving the checkpoint of step {}: {e}", self.step);
+        let tmp = checkpoint::staging_dir(&root, self.step);
+        if self.dist.is_main() {
+            checkpoint::begin(&root, self.step)?;
+        }
+        fsdp.comm().borrow_mut().barrier().map_err(comm)?;
+        let sha = checkpoint::write_file(&tmp, &rank_file(self.dist.rank), &named_refs(&tensors))?;
+        let all = Tensor::zeros([64 * self.dist.world_size as i64], (tch::Kind::Uint8, tch::Device::Cpu));
+        fsdp.comm().borrow_mut().all_gather(&Tensor::from_slice(sha.as_bytes()), &all).map_err(comm)?;
+        let dir = root.join(checkpoint::step_dir_name(self.step));
+        if self.dist.is_main() {
+            let bytes = Vec::<u8>::try_from(&all).expect("uint8 bytes");
+            for (rank, sha) in bytes.chunks(64).enumerate() {
+                meta.files.insert(rank_file(rank), String::from_utf8_lossy(sha).into_owned());
+            }
+            meta.layout = Some(layout.clone());
+            checkpoint::commit(&root, &tmp, &meta, keep)?;
+        }
+        // No rank goes on (or exits) before the checkpoint is whole.
+        fsdp.comm().borrow_mut().barrier().map_err(comm)?;
         Ok(dir)
     }
 
     /// Loads θ, optimizer state, step and sampler positions from the checkpoint that
-    /// `checkpoint.resume_mode` selects, if any.
+    /// `checkpoint.resume_mode` selects, if any. The checkpoint may come from any world size.
     fn resume(&mut self) -> Result<()> {
         let dir = match self.config.checkpoint.resume_mode {
             ResumeMode::Disable => return Ok(()),
@@ -304,20 +355,32 @@ impl Trainer {
         let loaded = checkpoint::load(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
         let state: TrainState = serde_json::from_value(loaded.meta.state.clone())
             .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;
-        let model = loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", dir.display()))?;
+        let layout = self.learner.layout();
+        let reader = match self.learner.fsdp() {
+            Some(f) => Reader::Shard { rank: f.rank(), world: f.world_size() },
+            None => Reader::Whole,
+        };
+        let names = self.learner.names().to_vec();
+        let read = |prefix: &str| {
+            read_for(&loaded, &dir, &layout, prefix, reader, &names)
+                .with_context(|| format!("cannot resume from {}", dir.display()))
+        };
         let _guard = tch::no_grad_guard();
-        for (name, param) in self.learner.named_params() {
-            let saved = model.get(name).with_context(|| format!("{}: `{name}` is missing", dir.display()))?;
-            if saved.size() != param.size() {
-                bail!("{}: `{name}` has shape {:?}, the model {:?}", dir.display(), saved.size(), param.size());
-            }
-            param.shallow_clone().copy_(saved);
+        for (param, saved) in self.learner.params().iter().zip(read("")?) {
+            param.shallow_clone().copy_(&saved);
         }
-        let optim =
-            loaded.files.get(OPTIMIZER_FILE).with_context(|| format!("{}: no {OPTIMIZER_FILE}", dir.display()))?;
-        self.optimizer
-            .load_state(state.optimizer_steps, |name| optim.get(name).map(Tensor::shallow_clone))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        if !self.optimizer.state().is_empty() {
+            let moments = [("exp_avg", read("exp_avg/")?), ("exp_avg_sq", read("exp_avg_sq/")?)];
+            self.optimizer
+                .load_state(state.optimizer_steps, |name| {
+                    let (kind, index) = name.rsplit_once('.')?;
+                    let (_, tensors) = moments.iter().find(|(k, _)| *k == kind)?;
+                    tensors.get(index.parse::<usize>().ok()?).map(Tensor::shallow_clone)
+                })
+                .map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+        } else {
+            self.optimizer.steps = state.optimizer_steps;
+        }
         for task in &mut self.tasks {
             let position = state.task_positions.get(&task.name).with_context(|| {
                 format!("{}: task `{}` is not in the checkpoint (the task list changed?)", dir.display(), task.name)
@@ -360,18 +423,18 @@ fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> 
     scalars
 }
 
-/// θ of a checkpoint as model weights (fp32, CPU), in the order `cfg` names them.
+/// θ of a checkpoint (whole or sharded) as model weights (fp32, CPU), in the order `cfg` names them.
 pub fn checkpoint_weights(checkpoint_dir: &Path, cfg: &crate::model::ModelConfig) -> Result<crate::model::Weights> {
     let loaded = checkpoint::load(checkpoint_dir)?;
-    let tensors =
-        loaded.files.get(MODEL_FILE).with_context(|| format!("{}: no {MODEL_FILE}", checkpoint_dir.display()))?;
+    let mut params: std::collections::HashMap<String, Tensor> =
+        checkpoint::shards::params_by_name(&loaded, checkpoint_dir)?.into_iter().collect();
     let mut weights = crate::model::Weights::new();
     for (name, shape) in cfg.parameter_shapes() {
-        let t = tensors.get(&name).with_context(|| format!("{}: `{name}` is missing", checkpoint_dir.display()))?;
+        let t = params.remove(&name).with_context(|| format!("{}: `{name}` is missing", checkpoint_dir.display()))?;
         if t.size() != shape {
             bail!("{}: `{name}` has shape {:?}, the model {shape:?}", checkpoint_dir.display(), t.size());
         }
-        weights.insert(name, t.shallow_clone());
+        weights.insert(name, t);
     }
     Ok(weights)
 }

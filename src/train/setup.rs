@@ -15,7 +15,7 @@ use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
 use crate::model::{load_weights, LoraConfig, ModelConfig};
 
 /// Settings that would fail later, refused up front with the key that is wrong.
-pub fn check(config: &Config) -> Result<()> {
+pub fn check(config: &Config, world_size: usize) -> Result<()> {
     let meta = &config.meta;
     if config.model.partial_pretrain.is_empty() {
         bail!("model.partial_pretrain is not set: give the Hugging Face model directory to start from");
@@ -47,6 +47,17 @@ pub fn check(config: &Config) -> Result<()> {
     }
     if meta.inner_optimizer != InnerOptimizerType::Sgd && meta.algorithm != Algorithm::Reptile {
         bail!("meta.inner_optimizer: adam is for algorithm reptile; {:?} adapts with SGD", meta.algorithm);
+    }
+    let second_order = meta.algorithm == Algorithm::Maml || (meta.algorithm == Algorithm::Fomaml && !meta.use_fomaml);
+    if second_order && world_size > 1 {
+        bail!(
+            "meta.algorithm maml (second order) runs on one process only: it differentiates through the inner \
+             steps, which the sharded runner does not; this run has {world_size} ranks (use --nproc 1, or \
+             meta.algorithm fomaml)"
+        );
+    }
+    if second_order && config.trainer.sharding == crate::config::schema::Sharding::Fsdp {
+        bail!("trainer.sharding fsdp: second-order maml needs the whole model (use trainer.sharding auto)");
     }
     if meta.algorithm == Algorithm::MetaLora && config.model.lora_rank == 0 {
         bail!("meta.algorithm meta_lora adapts a LoRA adapter: set model.lora_rank (e.g. 8)");

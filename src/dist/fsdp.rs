@@ -1,0 +1,445 @@
+//! FSDP-style sharding of the decoder (DESIGN.md "Distributed design").
+//!
+//! The model is cut into units: the embeddings, each decoder layer, the final norm with the LM
+//! head. A unit's parameters, flattened in a fixed order, form one buffer padded to a multiple of
+//! the world size; rank r keeps the r-th equal slice ([`Layout`]). A unit's full weights exist only
+//! while it computes: gathered, used, dropped; gathered again in the backward pass, which
+//! recomputes the unit from the activation saved at its input (tch exposes no autograd hooks, so
+//! the backward is driven here, unit by unit, from the head down). Each unit's gradient is
+//! reduce-scattered as soon as it is known, so a rank holds at most one unit's full gradient.
+//!
+//! Every rank runs the same collectives in the same order for every batch, including a rank whose
+//! share of a batch is empty (it contributes zeros), so ranks never wait on each other forever.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::comm::{CommError, Communicator};
+use crate::data::sft::SftBatch;
+use crate::model::llama::{embed, DecoderLayer, LayerInputs, RmsNorm, Rotary};
+use crate::model::{ModelConfig, Weights};
+
+/// The communicator, shared by the sharded model and the trainer (single-threaded).
+pub type SharedComm = Rc<RefCell<Box<dyn Communicator>>>;
+
+const EMBED: &str = "model.embed_tokens.weight";
+const NORM: &str = "model.norm.weight";
+const LM_HEAD: &str = "lm_head.weight";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitKind {
+    Embed,
+    Layer(i64),
+    Head,
+}
+
+/// One unit's parameters, in flattening order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    pub kind: UnitKind,
+    pub params: Vec<(String, Vec<i64>)>,
+    pub numel: i64,
+}
+
+impl Unit {
+    /// Elements each rank keeps: the flat buffer padded up to a multiple of `world`, divided.
+    pub fn shard_len(&self, world: usize) -> i64 {
+        (self.numel + world as i64 - 1) / world as i64
+    }
+}
+
+/// Which unit holds each parameter; independent of the world size, so that a checkpoint written
+/// at one world size can be cut again for another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub units: Vec<Unit>,
+}
+
+impl Layout {
+    /// Units embeddings, layers 0..L, head — every one present, some possibly empty (under LoRA
+    /// the embeddings and head hold no adapter). Parameters keep the order of `params`.
+    pub fn new(num_layers: i64, params: &[(String, Vec<i64>)]) -> Result<Layout, String> {
+        let mut units: Vec<Unit> = std::iter::once(UnitKind::Embed)
+            .chain((0..num_layers).map(UnitKind::Layer))
+            .chain(std::iter::once(UnitKind::Head))
+            .map(|kind| Unit { kind, params: Vec::new(), numel: 0 })
+            .collect();
+        for (name, shape) in params {
+            let index = match unit_of(name) {
+                Some(UnitKind::Embed) => 0,
+                Some(UnitKind::Layer(i)) if i < num_layers => 1 + i as usize,
+                Some(UnitKind::Head) => units.len() - 1,
+                _ => return Err(format!("parameter `{name}` belongs to no unit of a {num_layers}-layer decoder")),
+            };
+            let unit = &mut units[index];
+            unit.numel += shape.iter().product::<i64>();
+            unit.params.push((name.clone(), shape.clone()));
+        }
+        Ok(Layout { units })
+    }
+
+    /// The unit's tensors (looked up by name) flattened into one fp32-or-wider buffer of `numel`.
+    pub fn flatten(&self, unit: usize, get: impl Fn(&str) -> Tensor) -> Tensor {
+        let parts: Vec<Tensor> = self.units[unit].params.iter().map(|(name, _)| get(name).reshape([-1])).collect();
+        if parts.is_empty() {
+            return Tensor::zeros([0], (Kind::Float, Device::Cpu));
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Rank `rank`'s slice of a unit's full flat buffer (`numel` elements), padded with zeros.
+    pub fn shard_of(&self, unit: usize, full: &Tensor, world: usize, rank: usize) -> Tensor {
+        let u = &self.units[unit];
+        let len = u.shard_len(world);
+        let start = (rank as i64 * len).min(u.numel);
+        let end = ((rank as i64 + 1) * len).min(u.numel);
+        let shard = Tensor::zeros([len], (full.kind(), full.device()));
+        if end > start {
+            shard.narrow(0, 0, end - start).copy_(&full.narrow(0, start, end - start));
+        }
+        shard
+    }
+
+    /// Named views into a unit's full flat buffer.
+    pub fn unflatten(&self, unit: usize, full: &Tensor) -> Vec<(String, Tensor)> {
+        let mut offset = 0;
+        let mut out = Vec::new();
+        for (name, shape) in &self.units[unit].params {
+            let n: i64 = shape.iter().product();
+            out.push((name.clone(), full.narrow(0, offset, n).view(shape.as_slice())));
+            offset += n;
+        }
+        out
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.units.iter().map(|u| u.numel).sum()
+    }
+}
+
+fn unit_of(name: &str) -> Option<UnitKind> {
+    if name.starts_with("model.embed_tokens.") {
+        return Some(UnitKind::Embed);
+    }
+    if name == NORM || name.starts_with("lm_head.") {
+        return Some(UnitKind::Head);
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let index = rest.split('.').next()?.parse().ok()?;
+    Some(UnitKind::Layer(index))
+}
+
+/// Frozen weights (the base under LoRA): sharded like θ, kept in the compute dtype, never updated.
+pub struct Frozen {
+    pub layout: Layout,
+    pub shards: Vec<Tensor>,
+}
+
+/// One unit's full buffers while it computes.
+struct Gathered {
+    theta: Option<Tensor>,
+    frozen: Option<Tensor>,
+}
+
+/// Runs the decoder over θ's shards, one unit at a time.
+pub struct Fsdp {
+    cfg: ModelConfig,
+    comm: SharedComm,
+    rank: usize,
+    world: usize,
+    /// θ's layout (what the optimizer updates).
+    pub layout: Layout,
+    frozen: Option<Frozen>,
+    rotary: Rotary,
+    kind: Kind,
+    device: Device,
+    /// LoRA's scale and dropout when θ is an adapter.
+    lora: Option<(f64, f64)>,
+}
+
+impl Fsdp {
+    pub fn new(
+        cfg: ModelConfig,
+        comm: SharedComm,
+        layout: Layout,
+        frozen: Option<Frozen>,
+        kind: Kind,
+        device: Device,
+        lora: Option<(f64, f64)>,
+    ) -> Fsdp {
+        let (rank, world) = {
+            let c = comm.borrow();
+            (c.rank(), c.world_size())
+        };
+        let rotary = Rotary::new(&cfg, device);
+        Fsdp { cfg, comm, rank, world, layout, frozen, rotary, kind, device, lora }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    pub fn comm(&self) -> &SharedComm {
+        &self.comm
+    }
+
+    /// This rank's rows of a global batch: an even split in rank order (the first `rows % world`
+    /// ranks take one more); `None` when there are fewer rows than ranks and this rank gets none.
+    pub fn local_rows(&self, batch: &SftBatch) -> Option<SftBatch> {
+        let (rows, world, rank) = (batch.rows(), self.world as i64, self.rank as i64);
+        let len = rows / world + i64::from(rank < rows % world);
+        let start = rank * (rows / world) + rank.min(rows % world);
+        (len > 0).then(|| batch.slice_rows(start, len))
+    }
+
+    /// Sums a scalar (or any small fp tensor) across ranks, in place; returns it.
+    pub fn all_reduce(&self, t: Tensor) -> Result<Tensor, CommError> {
+        self.comm.borrow_mut().all_reduce_sum(&t)?;
+        Ok(t)
+    }
+
+    /// The decoder's output at this rank's rows, through `head(rows, final hidden states, LM head
+    /// weight)`, without gradients. `None` (after taking part in every gather) when the rank has
+    /// no rows. `train` turns LoRA dropout on.
+    pub fn forward<T>(
+        &self,
+        shards: &[Tensor],
+        batch: Option<&SftBatch>,
+        train: bool,
+        head: impl FnOnce(&SftBatch, &Tensor, &Tensor) -> T,
+    ) -> Result<Option<T>, CommError> {
+        let _guard = tch::no_grad_guard();
+        let dropout_seed = self.dropout_seed(train);
+        let boundaries = self.trunk(shards, batch, train, dropout_seed, false)?;
+        let head_unit = self.layout.units.len() - 1;
+        let gathered = self.gather_unit(head_unit, shards)?;
+        let tied = if self.cfg.tie_word_embeddings { Some(self.gather_unit(0, shards)?) } else { None };
+        let (Some(batch), Some(last)) = (batch, boundaries.last()) else { return Ok(None) };
+        let w = self.head_weights(&gathered, tied.as_ref());
+        let norm = RmsNorm::new(&w, NORM, self.cfg.rms_norm_eps).expect("the head unit holds the final norm");
+        let lm_head = w.get(if tied.is_some() { EMBED } else { LM_HEAD }).expect("the LM head is gathered");
+        Ok(Some(head(batch, &norm.forward(last), &lm_head)))
+    }
+
+    /// The value of `head(rows, final hidden states, LM head weight)` at this rank's rows and its
+    /// gradient with respect to θ, as this rank's shards: the sum over ranks of every rank's
+    /// gradient (reduce-scattered). The value is this rank's part (None without rows).
+    pub fn forward_backward(
+        &self,
+        shards: &[Tensor],
+        batch: Option<&SftBatch>,
+        head: impl FnOnce(&SftBatch, &Tensor, &Tensor) -> Tensor,
+    ) -> Result<(Option<Tensor>, Vec<Tensor>), CommError> {
+        let grads: Vec<Tensor> = shards.iter().map(|s| s.zeros_like()).collect();
+        let dropout_seed = self.dropout_seed(true);
+        // 1. Forward without a graph, keeping each layer's input (the unit boundaries).
+        let boundaries = tch::no_grad(|| self.trunk(shards, batch, true, dropout_seed, true))?;
+        let last = self.layout.units.len() - 1;
+        let layers = self.cfg.num_hidden_layers as usize;
+
+        // 2. The head unit (and the embeddings again when tied): value, its gradients and the
+        //    gradient at the last boundary.
+        let gathered = self.gather_unit(last, shards)?;
+        let tied = if self.cfg.tie_word_embeddings { Some(self.gather_unit(0, shards)?) } else { None };
+        let leaf_head = leaf(&gathered);
+        let leaf_tied = tied.as_ref().and_then(leaf);
+        let mut value = None;
+        let mut upstream = None;
+        let (mut head_grad, mut tied_grad) = (None, None);
+        if let Some(batch) = batch {
+            let x = boundaries[layers].detach().set_requires_grad(true);
+            let with_leaves = |g: &Gathered, l: &Option<Tensor>| Gathered {
+                theta: l.as_ref().map(Tensor::shallow_clone),
+                frozen: g.frozen.as_ref().map(Tensor::shallow_clone),
+            };
+            let tied_leaves = tied.as_ref().map(|t| with_leaves(t, &leaf_tied));
+            let w = self.head_weights(&with_leaves(&gathered, &leaf_head), tied_leaves.as_ref());
+            let norm = RmsNorm::new(&w, NORM, self.cfg.rms_norm_eps).expect("the head unit holds the final norm");
+            let lm_head = w.get(if tied.is_some() { EMBED } else { LM_HEAD }).expect("the LM head is gathered");
+            let v = head(batch, &norm.forward(&x), &lm_head);
+            let inputs: Vec<&Tensor> = [leaf_head.as_ref(), leaf_tied.as_ref(), Some(&x)].into_iter().flatten().collect();
+            let mut g = Tensor::run_backward(&[&v], &inputs, false, false).into_iter();
+            head_grad = leaf_head.as_ref().map(|_| g.next().expect("one gradient per input"));
+            tied_grad = leaf_tied.as_ref().map(|_| g.next().expect("one gradient per input"));
+            upstream = g.next();
+            value = Some(v.detach());
+        }
+        drop((gathered, tied));
+        self.reduce_into(last, head_grad, &grads[last])?;
+        if self.cfg.tie_word_embeddings {
+            self.reduce_into(0, tied_grad, &grads[0])?;
+        }
+
+        // 3. Layers from the top: re-gather, recompute from the boundary, backward, reduce-scatter.
+        let inputs = batch.map(|b| self.layer_inputs(b));
+        for i in (0..layers).rev() {
+            let unit = 1 + i;
+            let gathered = self.gather_unit(unit, shards)?;
+            let leaf_w = leaf(&gathered);
+            let mut grad = None;
+            if let (Some(dy), Some(inputs)) = (&upstream, &inputs) {
+                let x = boundaries[i].detach().set_requires_grad(true);
+                let w = self.unit_weights(
+                    unit,
+                    &Gathered { theta: leaf_w.as_ref().map(Tensor::shallow_clone), frozen: gathered.frozen },
+                );
+                self.seed_dropout(dropout_seed, i);
+                let y = self.layer(i as i64, &w, true).forward(&x, inputs);
+                let surrogate = (y * dy).sum(Kind::Double);
+                let wrt: Vec<&Tensor> = leaf_w.iter().chain(std::iter::once(&x)).collect();
+                let mut g = Tensor::run_backward(&[&surrogate], &wrt, false, false).into_iter();
+                grad = leaf_w.as_ref().map(|_| g.next().expect("one gradient per input"));
+                upstream = g.next();
+            }
+            self.reduce_into(unit, grad, &grads[unit])?;
+        }
+
+        // 4. The embeddings, when θ includes them.
+        if self.layout.units[0].numel > 0 {
+            let gathered = self.gather_unit(0, shards)?;
+            let leaf_w = leaf(&gathered);
+            let mut grad = None;
+            if let (Some(dy), Some(batch), Some(leaf_w)) = (&upstream, batch, &leaf_w) {
+                let w = self.unit_weights(0, &Gathered { theta: Some(leaf_w.shallow_clone()), frozen: None });
+                let h = embed(&w.get(EMBED).expect("the embedding unit holds the embeddings"), &batch.input_ids);
+                let surrogate = (h * dy).sum(Kind::Double);
+                grad = Tensor::run_backward(&[&surrogate], &[leaf_w], false, false).pop();
+            }
+            self.reduce_into(0, grad, &grads[0])?;
+        }
+        Ok((value, grads))
+    }
+
+    /// Embeddings and decoder layers over this rank's rows: the input of each layer and the last
+    /// layer's output (`keep`), or the last output alone. Empty without rows (gathers still run).
+    fn trunk(
+        &self,
+        shards: &[Tensor],
+        batch: Option<&SftBatch>,
+        train: bool,
+        dropout_seed: Option<i64>,
+        keep: bool,
+    ) -> Result<Vec<Tensor>, CommError> {
+        let gathered = self.gather_unit(0, shards)?;
+        let mut h = batch.map(|b| {
+            let w = self.unit_weights(0, &gathered);
+            embed(&w.get(EMBED).expect("the embedding unit holds the embeddings"), &b.input_ids)
+        });
+        drop(gathered);
+        let inputs = batch.map(|b| self.layer_inputs(b));
+        let mut boundaries = Vec::new();
+        for i in 0..self.cfg.num_hidden_layers {
+            let gathered = self.gather_unit(1 + i as usize, shards)?;
+            if let (Some(x), Some(inputs)) = (&h, &inputs) {
+                let w = self.unit_weights(1 + i as usize, &gathered);
+                self.seed_dropout(dropout_seed, i as usize);
+                let y = self.layer(i, &w, train).forward(x, inputs);
+                if keep {
+                    boundaries.push(x.shallow_clone());
+                }
+                h = Some(y);
+            }
+        }
+        boundaries.extend(h);
+        Ok(boundaries)
+    }
+
+    fn layer_inputs(&self, batch: &SftBatch) -> LayerInputs {
+        let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
+        LayerInputs::new(&self.rotary, &batch.input_ids, mask, Some(&batch.position_ids), self.kind)
+    }
+
+    fn layer(&self, index: i64, w: &Weights, train: bool) -> DecoderLayer {
+        let layer = DecoderLayer::new(&self.cfg, w, index).expect("the unit holds its layer's weights");
+        match self.lora {
+            Some((scale, dropout)) => layer.with_lora(scale, dropout, train),
+            None => layer,
+        }
+    }
+
+    /// LoRA dropout must draw the same masks in the forward pass and in the backward pass's
+    /// recomputation: each layer reseeds libtorch's generator from one draw per pass.
+    fn dropout_seed(&self, train: bool) -> Option<i64> {
+        let dropout = self.lora.map_or(0.0, |(_, p)| p);
+        (train && dropout > 0.0).then(|| Tensor::randint(1 << 40, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]))
+    }
+
+    fn seed_dropout(&self, seed: Option<i64>, layer: usize) {
+        if let Some(seed) = seed {
+            tch::manual_seed(seed + layer as i64);
+        }
+    }
+
+    fn gather(&self, shard: &Tensor, numel: i64) -> Result<Option<Tensor>, CommError> {
+        if numel == 0 {
+            return Ok(None);
+        }
+        let full = Tensor::empty([shard.numel() as i64 * self.world as i64], (shard.kind(), self.device));
+        self.comm.borrow_mut().all_gather(shard, &full)?;
+        Ok(Some(full))
+    }
+
+    fn gather_unit(&self, unit: usize, shards: &[Tensor]) -> Result<Gathered, CommError> {
+        let theta = self.gather(&shards[unit], self.layout.units[unit].numel)?;
+        let frozen = match &self.frozen {
+            Some(f) => self.gather(&f.shards[unit], f.layout.units[unit].numel)?,
+            None => None,
+        };
+        Ok(Gathered { theta, frozen })
+    }
+
+    /// A unit's weights by name, as views of its gathered buffers cast to the compute dtype.
+    fn unit_weights(&self, unit: usize, gathered: &Gathered) -> Weights {
+        let mut w = Weights::new();
+        let frozen = self.frozen.as_ref().map(|f| &f.layout);
+        for (layout, full) in [(Some(&self.layout), &gathered.theta), (frozen, &gathered.frozen)] {
+            if let (Some(layout), Some(full)) = (layout, full) {
+                for (name, t) in layout.unflatten(unit, full) {
+                    let t = if t.kind() == self.kind { t } else { t.to_kind(self.kind) };
+                    w.insert(name, t);
+                }
+            }
+        }
+        w
+    }
+
+    fn head_weights(&self, head: &Gathered, tied: Option<&Gathered>) -> Weights {
+        let mut w = self.unit_weights(self.layout.units.len() - 1, head);
+        if let Some(tied) = tied {
+            for (name, t) in self.unit_weights(0, tied).iter() {
+                w.insert(name, t.shallow_clone());
+            }
+        }
+        w
+    }
+
+    /// Reduce-scatters a unit's full gradient (zeros when this rank had no rows) and adds this
+    /// rank's slice into `acc`.
+    fn reduce_into(&self, unit: usize, full: Option<Tensor>, acc: &Tensor) -> Result<(), CommError> {
+        let numel = self.layout.units[unit].numel;
+        if numel == 0 {
+            return Ok(());
+        }
+        let padded = acc.numel() as i64 * self.world as i64;
+        let input = Tensor::zeros([padded], (acc.kind(), self.device));
+        if let Some(g) = full {
+            input.narrow(0, 0, g.numel() as i64).copy_(&g.reshape([-1]));
+        }
+        let part = acc.empty_like();
+        self.comm.borrow_mut().reduce_scatter_sum(&input, &part)?;
+        let _ = acc.shallow_clone().g_add_(&part);
+        Ok(())
+    }
+}
+
+/// The gathered θ buffer as a fresh leaf that collects this unit's gradient.
+fn leaf(g: &Gathered) -> Option<Tensor> {
+    g.theta.as_ref().map(|t| t.detach().set_requires_grad(true))
+}
