@@ -1,8 +1,11 @@
 //! `fomaml-launch`: torchrun's mirror. Starts `--nproc` copies of a command with torchrun's
 //! environment, watches them, stops the group when one fails, restarts it while restarts remain,
-//! and reports the root cause. It never links libtorch.
+//! and reports the root cause. Node 0's launcher hosts the rendezvous store; with several nodes the
+//! launchers join through it (see `rdzv` for what is coordinated). It never links libtorch.
 
+mod rdzv;
 mod report;
+mod slurm;
 mod workers;
 
 use std::path::PathBuf;
@@ -10,33 +13,60 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
-/// Starts one process per rank with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
-/// MASTER_ADDR, MASTER_PORT, TORCHELASTIC_*), e.g.
-///   fomaml-launch --nproc 4 -- fomaml train --config configs/x.yaml
+use rdzv::Rendezvous;
+
+const AFTER_HELP: &str = "\
+Examples:
+  fomaml-launch --nproc 4 -- fomaml train --config configs/x.yaml
+  # on each of two nodes, NODE being 0 on the one called n1 and 1 on the other:
+  fomaml-launch --nnodes 2 --node-rank NODE --master-addr n1 --run-id exp7 --nproc 4 -- fomaml train ...
+  # under Slurm (one task per node), the node count, rank, address and run id come from Slurm:
+  srun --ntasks-per-node 1 fomaml-launch --nproc 4 -- fomaml train ...
+
+Each rank gets RANK, LOCAL_RANK, GROUP_RANK, ROLE_RANK, ROLE_NAME, WORLD_SIZE, LOCAL_WORLD_SIZE,
+GROUP_WORLD_SIZE, ROLE_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT,
+TORCHELASTIC_MAX_RESTARTS, TORCHELASTIC_RUN_ID, TORCHELASTIC_ERROR_FILE,
+TORCHELASTIC_USE_AGENT_STORE=True (node 0's launcher serves the store at MASTER_ADDR:MASTER_PORT
+for as long as it runs, across restarts), and OMP_NUM_THREADS unless it is set.
+
+torchrun's spellings are accepted too: --nproc_per_node, --nproc-per-node, --node_rank,
+--master_addr, --master_port, --max_restarts, --monitor_interval, --log_dir, --run_id, --rdzv-id,
+--rdzv_id, --rdzv_timeout.";
+
+/// Starts one process per rank with torchrun's environment, watches them, restarts them, and
+/// reports the root cause of a failure; node 0's launcher hosts the rendezvous store.
 #[derive(Debug, Parser)]
-#[command(name = "fomaml-launch", version)]
+#[command(name = "fomaml-launch", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// Processes per node (one per GPU); LOCAL_RANK binds each to a GPU.
     #[arg(long, alias = "nproc-per-node", alias = "nproc_per_node", default_value_t = 1)]
     pub nproc: usize,
-    /// Number of nodes. Only 1 is supported until multi-node rendezvous lands.
+    /// Number of nodes, each running one fomaml-launch with the same flags but --node-rank.
+    /// Default: SLURM_NNODES under Slurm, else 1.
     #[arg(long, env = "SLURM_NNODES", default_value_t = 1)]
     pub nnodes: usize,
-    /// This node's rank among the nodes.
+    /// This node's rank among the nodes (0 hosts the store); ranks of its workers are
+    /// node_rank * nproc + local_rank. Default: SLURM_NODEID under Slurm (ignored with --nnodes 1), else 0.
     #[arg(long, alias = "node_rank", env = "SLURM_NODEID", default_value_t = 0)]
     pub node_rank: usize,
-    /// Address of the rank-0 node.
-    #[arg(long, alias = "master_addr", default_value = "127.0.0.1")]
-    pub master_addr: String,
-    /// Port of the rank-0 node's store.
+    /// Address of node 0, reachable from every node. Default with several nodes under Slurm: the
+    /// first host of SLURM_JOB_NODELIST (or SLURM_NODELIST); else 127.0.0.1.
+    #[arg(long, alias = "master_addr")]
+    pub master_addr: Option<String>,
+    /// Port of the store that node 0's launcher hosts; it must be free on node 0.
     #[arg(long, alias = "master_port", default_value_t = 29500)]
     pub master_port: u16,
-    /// Single node on a free port (overrides --master-addr/--master-port).
+    /// Single node on a free port of 127.0.0.1 (overrides --master-addr/--master-port).
     #[arg(long)]
     pub standalone: bool,
-    /// Times the whole group is restarted after a failure (the trainer resumes from its newest checkpoint).
+    /// Seconds the launchers wait for every node to join an attempt (and node 0's for the others
+    /// to finish, and the others for node 0's store to come up).
+    #[arg(long, alias = "rdzv_timeout", default_value_t = 300.0)]
+    pub rdzv_timeout: f64,
+    /// Times the whole group (every node's) is restarted after a failure (the trainer resumes from its newest checkpoint).
     #[arg(long, alias = "max_restarts", default_value_t = 0)]
     pub max_restarts: u32,
     /// Seconds between checks of the workers.
@@ -45,7 +75,8 @@ pub struct Args {
     /// Seconds a worker gets between SIGTERM and SIGKILL when the group is stopped.
     #[arg(long, default_value_t = 10.0)]
     pub stop_grace: f64,
-    /// Directory for <run_id>/attempt_<k>/<local_rank>/{stdout,stderr}.log and error.json.
+    /// Directory for <run_id>/attempt_<k>/<rank>/{stdout,stderr}.log and error.json (rank = local
+    /// rank on a single node; the global rank keeps nodes sharing a file system apart).
     #[arg(long, alias = "log_dir")]
     pub log_dir: Option<PathBuf>,
     /// Write streams to the log files only: 0 none, 1 stdout, 2 stderr, 3 both (needs --log-dir).
@@ -54,24 +85,38 @@ pub struct Args {
     /// Write streams to the log files and the console, prefixed by rank: 0-3 as --redirects.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
     pub tee: u8,
-    /// Identifies this run; every rank sees it as TORCHELASTIC_RUN_ID.
-    #[arg(long, alias = "run_id")]
+    /// Identifies this run (TORCHELASTIC_RUN_ID); the store refuses launchers and ranks of any
+    /// other. Several nodes need the same one: default SLURM_JOB_ID there, else required. A
+    /// single node makes one up.
+    #[arg(long, alias = "run_id", alias = "rdzv-id", alias = "rdzv_id")]
     pub run_id: Option<String>,
     /// The command each rank runs, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+    /// Where --node-rank came from, for messages and for --nnodes 1 to override it.
+    #[arg(skip)]
+    node_rank_from_slurm: bool,
 }
 
 impl Args {
-    fn validate(&mut self) -> Result<()> {
+    /// Checks the flags and fills in what Slurm or --standalone decide.
+    fn resolve(&mut self) -> Result<()> {
         if self.nproc == 0 {
             bail!("--nproc must be at least 1");
         }
-        if self.nnodes != 1 {
-            bail!("--nnodes {}: multi-node rendezvous is not implemented yet; run one node (--nnodes 1)", self.nnodes);
+        if self.nnodes == 0 {
+            bail!("--nnodes must be at least 1");
         }
-        if self.node_rank != 0 {
-            bail!("--node-rank {} with --nnodes 1: the only node has rank 0", self.node_rank);
+        // An explicit single node is the whole run, whichever node of a Slurm job it is on.
+        if self.nnodes == 1 && self.node_rank_from_slurm {
+            self.node_rank = 0;
+        }
+        if self.node_rank >= self.nnodes {
+            let from = if self.node_rank_from_slurm { " (from SLURM_NODEID)" } else { "" };
+            bail!("--node-rank {}{from} must be below --nnodes {}", self.node_rank, self.nnodes);
+        }
+        if self.standalone && self.nnodes > 1 {
+            bail!("--standalone is for a single node, but --nnodes is {}", self.nnodes);
         }
         if (self.redirects | self.tee) != 0 && self.log_dir.is_none() {
             bail!("--redirects and --tee write to per-rank log files: give --log-dir");
@@ -81,48 +126,110 @@ impl Args {
         if !interval_ok || !grace_ok {
             bail!("--monitor-interval must be positive and --stop-grace non-negative");
         }
+        if !(self.rdzv_timeout.is_finite() && self.rdzv_timeout > 0.0) {
+            bail!("--rdzv-timeout {} must be a positive number of seconds", self.rdzv_timeout);
+        }
         if self.standalone {
-            self.master_addr = "127.0.0.1".into();
-            self.master_port = workers::free_port()?;
+            self.master_addr = Some("127.0.0.1".into());
+        }
+        // One node needs no name that other machines resolve: its workers reach it on 127.0.0.1,
+        // while the job's first host may be another machine (several launches in one allocation).
+        if self.master_addr.is_none() && self.nnodes > 1 {
+            if let Some((var, list)) = slurm::nodelist_from_env() {
+                let first = slurm::first_host(&list).map_err(|e| anyhow::anyhow!("{var}: {e}; give --master-addr"))?;
+                self.master_addr = Some(first);
+            }
+        }
+        if self.master_addr.is_none() {
+            self.master_addr = Some("127.0.0.1".into());
+        }
+        if self.run_id.is_none() && self.nnodes > 1 {
+            // Each node would otherwise make up its own and the store would refuse all but node 0's.
+            match std::env::var("SLURM_JOB_ID") {
+                Ok(job) if !job.is_empty() => self.run_id = Some(job),
+                _ => bail!(
+                    "--nnodes {} needs the same --run-id on every node (torchrun's --rdzv-id), e.g. the job's id",
+                    self.nnodes
+                ),
+            }
         }
         Ok(())
     }
 }
 
-fn run(mut args: Args) -> Result<i32> {
-    args.validate()?;
-    let run_id = args.run_id.clone().unwrap_or_else(workers::new_run_id);
+/// Runs attempts until one succeeds, restarts are spent, or a signal arrives; returns the exit code.
+fn supervise(args: &Args, run_id: &str, rdzv: &mut Rendezvous, attempt: &mut u32) -> Result<i32> {
     let signals = workers::install_signal_forwarding()?;
-    let mut attempt = 0;
+    let master_addr = args.master_addr.as_deref().unwrap_or("127.0.0.1");
+    let node = args.node_rank;
+    let several = args.nnodes > 1;
     loop {
-        let mut group = workers::Group::start(&args, &run_id, attempt)?;
-        let outcome = group.watch(Duration::from_secs_f64(args.monitor_interval), &signals);
+        if let Some(sig) = rdzv.join(*attempt, &signals)? {
+            eprintln!("fomaml-launch: received signal {sig} while waiting for the other nodes");
+            rdzv.abandon(*attempt, &format!("node {node} received signal {sig}"));
+            return Ok(128 + sig);
+        }
+        let mut group = workers::Group::start(args, master_addr, run_id, *attempt)?;
+        let outcome =
+            group.watch(Duration::from_secs_f64(args.monitor_interval), &signals, || rdzv.peer_stopped(*attempt));
         group.stop(Duration::from_secs_f64(args.stop_grace));
-        match outcome {
-            workers::Outcome::Succeeded => return Ok(0),
+        let (why, failures) = match outcome {
+            workers::Outcome::Succeeded => {
+                rdzv.succeeded(*attempt, &signals);
+                return Ok(0);
+            }
             workers::Outcome::Signalled(sig) => {
                 eprintln!("fomaml-launch: received signal {sig}; workers stopped");
+                rdzv.abandon(*attempt, &format!("node {node} received signal {sig}"));
                 return Ok(128 + sig);
             }
             workers::Outcome::Failed(failures) => {
-                if attempt < args.max_restarts {
-                    attempt += 1;
-                    eprintln!(
-                        "fomaml-launch: {} failed; restarting the group (attempt {attempt} of {} restarts)",
-                        report::describe(&failures[0]),
-                        args.max_restarts
-                    );
-                    continue;
-                }
-                eprint!("{}", report::render(&args.command, &failures));
-                return Ok(1);
+                let what = report::describe(&failures[0]);
+                let why = if several { format!("node {node} failed: {what}") } else { what };
+                rdzv.publish_failure(*attempt, &why);
+                (why, Some(failures))
             }
+            workers::Outcome::Stopped(why) => (why, None),
+        };
+        let blocker = rdzv.restart_blocker(*attempt);
+        if *attempt < args.max_restarts && blocker.is_none() {
+            *attempt += 1;
+            eprintln!(
+                "fomaml-launch: {why}; restarting the group (attempt {} of {} restarts)",
+                *attempt, args.max_restarts
+            );
+            continue;
         }
+        if let (Some(blocker), true) = (&blocker, *attempt < args.max_restarts) {
+            eprintln!("fomaml-launch: not restarting: {blocker}");
+        }
+        match failures {
+            Some(failures) => eprint!("{}", report::render(&args.command, &failures)),
+            None => eprintln!("fomaml-launch: stopped this node's workers: {why}"),
+        }
+        rdzv.abandon(*attempt, &format!("{why} (no restart)"));
+        return Ok(1);
     }
 }
 
+fn run(mut args: Args) -> Result<i32> {
+    args.resolve()?;
+    let run_id = args.run_id.clone().unwrap_or_else(workers::new_run_id);
+    // Before any worker: a busy port or a refused run id ends the launch here.
+    let mut rdzv = Rendezvous::establish(&args, &run_id)?;
+    args.master_port = rdzv.port();
+    let mut attempt = 0;
+    let result = supervise(&args, &run_id, &mut rdzv, &mut attempt);
+    if let Err(e) = &result {
+        rdzv.abandon(attempt, &format!("node {} stopped: {e:#}", args.node_rank));
+    }
+    result
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    args.node_rank_from_slurm = matches.value_source("node_rank") == Some(ValueSource::EnvVariable);
     match run(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -31,6 +31,8 @@ pub enum Outcome {
     /// Failures in the order they were observed; the first is the root cause.
     Failed(Vec<Failure>),
     Signalled(i32),
+    /// Another node failed (or its news could not be had); why.
+    Stopped(String),
 }
 
 struct Worker {
@@ -69,17 +71,12 @@ pub fn install_signal_forwarding() -> Result<Signals> {
 }
 
 impl Signals {
-    fn take(&self) -> Option<i32> {
+    pub fn take(&self) -> Option<i32> {
         match RECEIVED.swap(0, Ordering::SeqCst) {
             0 => None,
             sig => Some(sig),
         }
     }
-}
-
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 pub fn new_run_id() -> String {
@@ -108,7 +105,7 @@ fn tee(mut source: impl Read + Send + 'static, mut file: File, rank: usize, to_s
 }
 
 impl Group {
-    pub fn start(args: &Args, run_id: &str, attempt: u32) -> Result<Self> {
+    pub fn start(args: &Args, master_addr: &str, run_id: &str, attempt: u32) -> Result<Self> {
         let attempt_dir = match &args.log_dir {
             Some(dir) => dir.join(run_id).join(format!("attempt_{attempt}")),
             None => std::env::temp_dir().join(format!("fomaml-launch-{run_id}")).join(format!("attempt_{attempt}")),
@@ -117,7 +114,9 @@ impl Group {
         let mut group = Group { workers: Vec::new(), pumps: Vec::new() };
         for local_rank in 0..args.nproc {
             let rank = args.node_rank * args.nproc + local_rank;
-            let rank_dir = attempt_dir.join(local_rank.to_string());
+            // The global rank, which is the local rank on a single node: nodes sharing a file
+            // system (or a machine) would otherwise write into each other's directories.
+            let rank_dir = attempt_dir.join(rank.to_string());
             fs::create_dir_all(&rank_dir).with_context(|| format!("cannot create {}", rank_dir.display()))?;
             let error_file = rank_dir.join("error.json");
             let _ = fs::remove_file(&error_file);
@@ -133,12 +132,15 @@ impl Group {
                 .env("LOCAL_WORLD_SIZE", args.nproc.to_string())
                 .env("GROUP_WORLD_SIZE", args.nnodes.to_string())
                 .env("ROLE_WORLD_SIZE", world_size.to_string())
-                .env("MASTER_ADDR", &args.master_addr)
+                .env("MASTER_ADDR", master_addr)
                 .env("MASTER_PORT", args.master_port.to_string())
                 .env("TORCHELASTIC_RESTART_COUNT", attempt.to_string())
                 .env("TORCHELASTIC_MAX_RESTARTS", args.max_restarts.to_string())
                 .env("TORCHELASTIC_RUN_ID", run_id)
                 .env("TORCHELASTIC_ERROR_FILE", &error_file)
+                // torchrun's name: the store at MASTER_ADDR:MASTER_PORT is up (hosted by node 0's
+                // launcher), so no rank may try to host it.
+                .env("TORCHELASTIC_USE_AGENT_STORE", "True")
                 // Own process group: stopping a worker stops everything it started.
                 .process_group(0);
             if std::env::var_os("OMP_NUM_THREADS").is_none() {
@@ -178,8 +180,14 @@ impl Group {
         Ok(group)
     }
 
-    /// Waits until every worker succeeded, one failed, or the launcher got a signal.
-    pub fn watch(&mut self, interval: Duration, signals: &Signals) -> Outcome {
+    /// Waits until every worker succeeded, one failed, the launcher got a signal, or
+    /// `peer_stopped` gives a reason to stop (another node failed).
+    pub fn watch(
+        &mut self,
+        interval: Duration,
+        signals: &Signals,
+        mut peer_stopped: impl FnMut() -> Option<String>,
+    ) -> Outcome {
         loop {
             if let Some(sig) = signals.take() {
                 self.signal_all(sig);
@@ -208,6 +216,9 @@ impl Group {
             }
             if self.workers.iter().all(|w| w.done) {
                 return Outcome::Succeeded;
+            }
+            if let Some(why) = peer_stopped() {
+                return Outcome::Stopped(why);
             }
             std::thread::sleep(interval);
         }

@@ -1,10 +1,10 @@
 //! A small TCP key-value store for rendezvous, like torch's TCPStore.
 //!
-//! A [`StoreServer`] (hosted by rank 0, or later by the launcher) keeps a map of byte values;
-//! each rank's [`StoreClient`] sets, gets (blocking until the key exists), adds to counters and
-//! waits on keys, and builds barriers on top. The first message of every connection names the run
-//! (`TORCHELASTIC_RUN_ID`) and the server refuses any other run, so a rank left over from a
-//! previous run cannot join this one.
+//! A [`StoreServer`] (hosted by node 0's `fomaml-launch`, or by rank 0 without it) keeps a map of
+//! byte values; each rank's [`StoreClient`] sets, gets (blocking until the key exists), adds to
+//! counters and waits on keys, and builds barriers on top. The first message of every connection
+//! names the run (`TORCHELASTIC_RUN_ID`) and the server refuses any other run, so a rank left over
+//! from a previous run cannot join this one.
 //!
 //! This crate uses only std (and thiserror) so that `fomaml-launch`, which never links libtorch,
 //! can host the server.
