@@ -221,6 +221,10 @@ fn dist_env_parsing() {
     assert_eq!((e.rank, e.world_size, e.local_rank, e.run_id.as_str()), (3, 4, 1, "abc"));
     assert_eq!(e.timeout, Duration::from_millis(2500));
     assert_eq!(e.store_addr(), "[::1]:29500");
+    assert_eq!((e.agent_store, e.attempt), (false, 0), "rank 0 hosts the store without a launcher");
+    let launched = [&full[..], &[("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "2")]].concat();
+    let e = env(&launched).unwrap().unwrap();
+    assert_eq!((e.agent_store, e.attempt), (true, 2));
     // No variables at all: a single rank that does nothing (the test runner sets none of them).
     if std::env::var_os("WORLD_SIZE").is_none() {
         let d = Dist::from_env().unwrap();

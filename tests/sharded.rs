@@ -113,16 +113,18 @@ fn one_rank_sharded_matches_the_whole_model_for_every_algorithm() {
     }
 }
 
-/// `fomaml-launch`, next to the test's `fomaml` binary; built (it never links libtorch, so
-/// that is quick) when the workspace build has not made it yet.
+/// `fomaml-launch`, next to the test's `fomaml` binary, brought up to date first (it never
+/// links libtorch, so that is quick; `cargo test --test sharded` alone would not build it).
 pub fn launcher() -> PathBuf {
-    let fomaml = PathBuf::from(env!("CARGO_BIN_EXE_fomaml"));
-    let path = fomaml.with_file_name("fomaml-launch");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO")).args(["build", "--quiet", "-p", "fomaml-launch"]).status().unwrap();
-        assert!(status.success(), "cannot build fomaml-launch");
-    }
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status =
+                Command::new(env!("CARGO")).args(["build", "--quiet", "-p", "fomaml-launch"]).status().unwrap();
+            assert!(status.success(), "cannot build fomaml-launch");
+            PathBuf::from(env!("CARGO_BIN_EXE_fomaml")).with_file_name("fomaml-launch")
+        })
+        .clone()
 }
 
 fn launch(nproc: usize, config: &Path, extra: &[&str]) -> std::process::Output {
@@ -173,4 +175,155 @@ fn two_and_four_ranks_match_one_process() {
         assert!(diff <= TOLERANCE, "{nproc} ranks: θ differs by {diff}");
         assert_same_losses(&losses(&run.run_dir("whole")), &losses(&run.run_dir(&name)));
     }
+}
+
+/// A checkpoint written by 4 ranks resumes on 2 and one by 2 ranks on 4 (θ and Adam's moments
+/// resharded on read); either run then ends where the uninterrupted run does. The 4-rank
+/// checkpoint also resumes as a whole model, and exports (consolidated) to an HF directory that
+/// transformers loads with our logits.
+#[test]
+fn checkpoints_reshard_between_world_sizes_and_export_consolidated() {
+    let run = small_run(Algorithm::Fomaml, false);
+    let whole = train(&run, "whole", Sharding::Auto);
+    for (first, second) in [(4, 2), (2, 4)] {
+        let name = format!("from{first}to{second}");
+        let config = write_config(&run, &name);
+        launch(first, &config, &["--stop-at-step", "2"]);
+        let stopped = newest(&run.run_dir(&name));
+        assert_eq!(checkpoint::load(&stopped).unwrap().meta.world_size, first);
+        let out = launch(second, &config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("resuming from"), "{stderr}");
+        let dir = newest(&run.run_dir(&name));
+        assert_eq!(checkpoint::load(&dir).unwrap().meta.world_size, second);
+        let diff = max_abs_diff(&theta(&whole), &theta(&dir));
+        assert!(diff <= TOLERANCE, "{first} → {second} ranks: θ differs from the uninterrupted run by {diff}");
+    }
+
+    // 4 ranks → one whole process, resumed in-process from a copy of the step-2 checkpoint.
+    let mut config = run.config.clone();
+    config.trainer.default_local_dir = run.run_dir("from4to1").display().to_string();
+    config.checkpoint.resume_mode = fomaml::config::schema::ResumeMode::ResumePath;
+    let four = run.run_dir("from4to2").join("checkpoints").join(checkpoint::step_dir_name(2));
+    config.checkpoint.resume_path = Some(four.display().to_string());
+    let summary = Trainer::new(config).unwrap().run().unwrap();
+    assert_eq!(summary.resumed_from.as_deref(), Some(four.as_path()));
+    let diff = max_abs_diff(&theta(&whole), &theta(&summary.last_checkpoint));
+    assert!(diff <= TOLERANCE, "4 ranks → whole: θ differs by {diff}");
+
+    // Export of a sharded checkpoint: the ranks' slices joined back into HF tensors.
+    let sharded = newest(&run.run_dir("from2to4"));
+    let exported = run.path().join("exported");
+    let status = Command::new(env!("CARGO_BIN_EXE_fomaml"))
+        .args(["export", sharded.to_str().unwrap(), exported.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let weights = common::assert_transformers_logits_match(&exported, run.path());
+    let mut named: Vec<(String, Tensor)> = weights.iter().map(|(n, t)| (n.to_string(), t.shallow_clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let diff = max_abs_diff(&theta(&whole), &named);
+    assert!(diff <= TOLERANCE, "the export differs from the whole run's θ by {diff}");
+}
+
+fn launcher_args(nproc: usize, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(launcher());
+    cmd.args(["--standalone", "--nproc", &nproc.to_string()]).args(extra).env("FOMAML_COLLECTIVE_TIMEOUT_S", "60");
+    cmd
+}
+
+/// Process ids of `parent`'s children.
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn rank_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(b"RANK=").map(|r| String::from_utf8_lossy(r).into_owned()))
+}
+
+/// Issue: kill -9 one rank mid-run; the launcher restarts the group, which resumes from the last
+/// checkpoint and ends with the same θ (bit for bit: same world size, fixed summation order) and
+/// the same logged metrics as an uninterrupted run.
+#[test]
+fn a_rank_killed_mid_run_is_restarted_and_the_run_ends_as_if_uninterrupted() {
+    let mut run = small_run(Algorithm::Fomaml, false);
+    (run.config.trainer.total_steps, run.config.trainer.test_freq, run.config.checkpoint.save_freq) = (60, 20, 10);
+    let uninterrupted = write_config(&run, "uninterrupted");
+    launch(2, &uninterrupted, &[]);
+
+    let config = write_config(&run, "killed");
+    let killed = run.run_dir("killed");
+    let fomaml = env!("CARGO_BIN_EXE_fomaml");
+    let mut launcher = launcher_args(2, &["--max-restarts", "1", "--"])
+        .args([fomaml, "train", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !killed.join("checkpoints").join(checkpoint::step_dir_name(10)).exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let rank1 = children(launcher.id()).into_iter().find(|pid| rank_of(*pid).as_deref() == Some("1"));
+    let rank1 = rank1.expect("rank 1 is running");
+    assert!(Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap().success());
+    assert!(!killed.join("checkpoints").join(checkpoint::step_dir_name(60)).exists(), "finished before the kill");
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the restarted group failed:\n{stderr}");
+    assert!(stderr.contains("restarting the group") && stderr.contains("resuming from"), "{stderr}");
+
+    let final_step = checkpoint::step_dir_name(60);
+    for rank in 0..2 {
+        let file = checkpoint::shards::rank_file(rank);
+        let a = std::fs::read(run.run_dir("uninterrupted").join("checkpoints").join(&final_step).join(&file));
+        let b = std::fs::read(killed.join("checkpoints").join(&final_step).join(&file));
+        assert!(a.unwrap() == b.unwrap(), "{file} differs from the uninterrupted run's");
+    }
+    let timing = |r: &(u64, String, f64)| !r.1.starts_with("perf/");
+    let a: Vec<_> = losses(&run.run_dir("uninterrupted")).into_iter().filter(timing).collect();
+    let b: Vec<_> = losses(&killed).into_iter().filter(timing).collect();
+    assert_eq!(a, b, "metrics differ from the uninterrupted run");
+}
+
+/// What a new user meets: a rank that fails on start is reported with its own message first and
+/// a non-zero exit, promptly; second-order MAML refuses several ranks.
+#[test]
+fn failures_on_start_are_reported_promptly_with_the_cause() {
+    let run = small_run(Algorithm::Fomaml, false);
+    let started = std::time::Instant::now();
+    let out = launcher_args(2, &["--"])
+        .args([env!("CARGO_BIN_EXE_fomaml"), "train", "--config", "/no/such/config.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/no/such/config.yaml") && stderr.contains("rank"), "{stderr}");
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+
+    let mut maml = run.config.clone();
+    maml.meta.algorithm = Algorithm::Maml;
+    maml.trainer.default_local_dir = run.run_dir("maml").display().to_string();
+    let path = run.path().join("maml.yaml");
+    std::fs::write(&path, maml.to_yaml()).unwrap();
+    let out = launcher_args(2, &["--"])
+        .args([env!("CARGO_BIN_EXE_fomaml"), "train", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("one process only") && stderr.contains("2 ranks"), "{stderr}");
 }

@@ -27,7 +27,7 @@ pub const TIMEOUT_ENV: &str = "FOMAML_COLLECTIVE_TIMEOUT_S";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// torchrun's run id when none is given.
 const DEFAULT_RUN_ID: &str = "none";
-/// Store keys of the communicator built by `from_env`.
+/// Store keys of the communicator built by `from_env`, under the attempt's prefix.
 const COMM_GROUP: &str = "comm/default";
 
 /// What the launcher tells a rank, under torchrun's names.
@@ -42,6 +42,9 @@ pub struct DistEnv {
     pub timeout: Duration,
     /// The launcher hosts the store (torchrun's TORCHELASTIC_USE_AGENT_STORE); otherwise rank 0 does.
     pub agent_store: bool,
+    /// TORCHELASTIC_RESTART_COUNT: the launcher's store outlives a failed attempt, so each
+    /// attempt keeps its keys apart (torch's `/worker/attempt_<k>`).
+    pub attempt: u32,
 }
 
 impl DistEnv {
@@ -79,6 +82,10 @@ impl DistEnv {
             run_id: var("TORCHELASTIC_RUN_ID").unwrap_or_else(|| DEFAULT_RUN_ID.into()),
             timeout,
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            attempt: match var("TORCHELASTIC_RESTART_COUNT") {
+                Some(v) => parse("TORCHELASTIC_RESTART_COUNT", &v)?,
+                None => 0,
+            },
         }))
     }
 
@@ -143,7 +150,8 @@ impl Dist {
             None
         };
         let mut store = StoreClient::connect(&addr, &env.run_id, env.timeout)?;
-        let comm = TcpComm::connect(&mut store, env.rank, env.world_size, COMM_GROUP, env.timeout)?;
+        let group = format!("worker/attempt_{}/{COMM_GROUP}", env.attempt);
+        let comm = TcpComm::connect(&mut store, env.rank, env.world_size, &group, env.timeout)?;
         Ok(Dist {
             rank: env.rank,
             world_size: env.world_size,

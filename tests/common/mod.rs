@@ -64,3 +64,43 @@ pub fn assert_one_line_error(out: &std::process::Output, needles: &[&str]) {
         assert!(stderr.contains(n), "`{n}` not in: {stderr}");
     }
 }
+
+const LOGITS_WITH_TRANSFORMERS: &str = r#"
+import sys, torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model_dir, out = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(model_dir)
+text = tok.apply_chat_template([{"role": "user", "content": "Bin 42"}], tokenize=False, add_generation_prompt=True)
+ids = torch.tensor([tok(text + "\\boxed{B}" + tok.eos_token, add_special_tokens=False)["input_ids"]])
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+with torch.no_grad():
+    logits = model(ids).logits
+save_file({"ids": ids, "logits": logits.contiguous()}, out)
+"#;
+
+/// transformers loads the exported HF directory `export` (tokenizer, config, weights) and its
+/// logits on a chat-formatted synthetic example match our decoder's on the same weights within
+/// 1e-4; returns those weights. `scratch` holds the reference file.
+pub fn assert_transformers_logits_match(export: &Path, scratch: &Path) -> fomaml::model::Weights {
+    use fomaml::model::{load_weights, CausalLm, ModelConfig};
+    let reference = scratch.join("transformers_logits.safetensors");
+    let python = std::process::Command::new(venv_python())
+        .args(["-c", LOGITS_WITH_TRANSFORMERS, export.to_str().unwrap(), reference.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "transformers could not load the export (run the tests through `make test`, which installs it):\n{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let expected: HashMap<String, Tensor> = read_safetensors(&reference).unwrap().into_iter().collect();
+    // Our decoder on the exported θ, on the ids transformers' tokenizer produced.
+    let cfg = ModelConfig::from_dir(export).unwrap();
+    let weights = load_weights(export, &cfg, Kind::Float, tch::Device::Cpu).unwrap();
+    let model = CausalLm::new(&cfg, &weights).unwrap();
+    let logits = tch::no_grad(|| model.forward(&expected["ids"], None, None));
+    let diff = max_abs_diff(&logits, &expected["logits"]);
+    assert!(diff < 1e-4, "logits differ from transformers by {diff}");
+    weights
+}
