@@ -119,26 +119,20 @@ fn set_path(tree: &mut Json, path: &str, value: Json, origin: &str) -> Result<()
 
 impl Config {
     /// Reads a YAML file and applies `overrides` (`a.b.c=value`, value parsed as YAML).
+    ///
+    /// A top-level `base: other.yaml` (relative to this file) loads that config first and lays this
+    /// one over it: mappings merge key by key, anything else (lists included) is replaced.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        Self::from_yaml(&text, &path.display().to_string(), overrides)
+        let tree = read_tree(path, &mut Vec::new())?;
+        Self::from_tree(tree, &path.display().to_string(), overrides)
     }
 
     /// `origin` names the text in errors (usually the file path).
     pub fn from_yaml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut tree: Json = if text.trim().is_empty() {
-            Json::Object(Map::new())
-        } else {
-            serde_yaml_ng::from_str(text)
-                .map_err(|e| ConfigError::Yaml { path: PathBuf::from(origin), reason: e.to_string() })?
-        };
-        if !tree.is_object() {
-            return Err(ConfigError::Invalid {
-                origin: origin.into(),
-                reason: "the top level must be a mapping".into(),
-            });
-        }
+        Self::from_tree(parse_tree(text, origin)?, origin, overrides)
+    }
+
+    fn from_tree(mut tree: Json, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let schema = schema();
         check_keys(&tree, &schema, "", origin)?;
         for item in overrides {
@@ -167,9 +161,97 @@ impl Config {
     }
 }
 
+/// A YAML mapping as a JSON tree.
+fn parse_tree(text: &str, origin: &str) -> Result<Json, ConfigError> {
+    let tree: Json = if text.trim().is_empty() {
+        Json::Object(Map::new())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml { path: PathBuf::from(origin), reason: e.to_string() })?
+    };
+    if !tree.is_object() {
+        return Err(ConfigError::Invalid { origin: origin.into(), reason: "the top level must be a mapping".into() });
+    }
+    Ok(tree)
+}
+
+/// The tree of the config file at `path` with its `base` chain merged in; `chain` holds the
+/// files being read, to refuse a cycle.
+fn read_tree(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Json, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let origin = path.display().to_string();
+    let mut tree = parse_tree(&text, &origin)?;
+    let Some(base) = tree.as_object_mut().and_then(|m| m.remove(BASE_KEY)) else {
+        // Unknown keys are named against the file that has them.
+        check_keys(&tree, &schema(), "", &origin)?;
+        return Ok(tree);
+    };
+    check_keys(&tree, &schema(), "", &origin)?;
+    let Some(base) = base.as_str() else {
+        return Err(ConfigError::Invalid { origin, reason: "`base` must be the path of another config file".into() });
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if chain.contains(&key) {
+        return Err(ConfigError::Invalid { origin, reason: format!("`base: {base}` makes a cycle") });
+    }
+    chain.push(key);
+    let mut merged = read_tree(&base_path, chain).map_err(|e| match e {
+        ConfigError::Io { path, source } => ConfigError::Invalid {
+            origin: origin.clone(),
+            reason: format!("`base: {base}`: cannot read {}: {source}", path.display()),
+        },
+        other => other,
+    })?;
+    merge(&mut merged, tree);
+    Ok(merged)
+}
+
+/// Lays `over` onto `into`: mappings key by key, anything else replaced.
+fn merge(into: &mut Json, over: Json) {
+    match (into, over) {
+        (Json::Object(a), Json::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Json::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// The top-level key naming the config file another one extends.
+const BASE_KEY: &str = "base";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_file_is_merged_under_the_config_and_its_errors_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        write("data/base.yaml", "meta:\n  inner_lr: 0.1\n  num_inner_steps: 3\n  tasks:\n  - name: a\n  - name: b\n");
+        let top = write("configs/x.yaml", "base: ../data/base.yaml\nmeta:\n  inner_lr: 0.2\n  tasks:\n  - name: c\n");
+        let c = Config::load(&top, &["meta.num_inner_steps=4".into()]).unwrap();
+        assert_eq!((c.meta.inner_lr, c.meta.num_inner_steps), (0.2, 4));
+        let names: Vec<&str> = c.meta.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["c"], "lists are replaced, not merged");
+
+        write("data/bad.yaml", "meta:\n  inner_lrr: 0.1\n");
+        let bad = write("configs/y.yaml", "base: ../data/bad.yaml\n");
+        let e = Config::load(&bad, &[]).unwrap_err().to_string();
+        assert!(e.contains("bad.yaml") && e.contains("inner_lrr") && e.contains("inner_lr"), "{e}");
+
+        let cycle = write("configs/z.yaml", "base: z.yaml\n");
+        assert!(Config::load(&cycle, &[]).unwrap_err().to_string().contains("cycle"));
+        let missing = write("configs/w.yaml", "base: nowhere.yaml\n");
+        let e = Config::load(&missing, &[]).unwrap_err().to_string();
+        assert!(e.contains("w.yaml") && e.contains("nowhere.yaml"), "{e}");
+    }
 
     const SEED_STYLE: &str = r#"
 model:
