@@ -137,6 +137,11 @@ impl Trainer {
         }
         self.console.start(self.step, total, &self.run_dir, self.resumed_from.as_deref());
         let grad = self.learner.zeros_like_params();
+        // What FSDP shards: this rank's θ, update direction and optimizer moments.
+        let tensor_bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as f64;
+        let state_mib = (self.learner.params().iter().chain(&grad).map(tensor_bytes).sum::<f64>()
+            + self.optimizer.state().iter().map(|(_, t)| tensor_bytes(t)).sum::<f64>())
+            / (1 << 20) as f64;
         let mut last_checkpoint = None;
         while self.step < end {
             let started = Instant::now();
@@ -179,6 +184,7 @@ impl Trainer {
             let tokens: i64 = outcomes.iter().map(|o| o.tokens).sum();
             scalars.push(("perf/tokens_per_s".into(), tokens as f64 / seconds));
             scalars.push(("perf/step_time_s".into(), seconds));
+            scalars.push(("perf/rank_state_mib".into(), state_mib));
             if let Some(peak) = peak_rss_bytes() {
                 scalars.push(("perf/peak_rss_mib".into(), peak as f64 / (1 << 20) as f64));
             }
