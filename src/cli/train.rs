@@ -25,6 +25,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let summary = Trainer::new(config)
         .and_then(|t| t.run_until(args.stop_at_step))
         .with_context(|| format!("training {}", args.config.display()))?;
-    println!("{} steps; run directory {}", summary.steps, summary.run_dir.display());
+    if summary.is_main {
+        println!("{} steps; run directory {}", summary.steps, summary.run_dir.display());
+    }
     Ok(())
 }

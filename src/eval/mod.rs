@@ -5,6 +5,8 @@
 //! Support batches are taken in file order, cycling, so an evaluation is deterministic and never
 //! moves the training samplers.
 
+pub mod answer;
+
 use tch::Tensor;
 
 use crate::data::sft::{EncodedExample, SftBatch};

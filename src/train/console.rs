@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::metrics::Record;
 
 pub struct Console {
+    /// Other ranks than 0 say nothing: rank 0 speaks for the run.
+    silent: bool,
     enabled: bool,
     bar: Option<ProgressBar>,
     total: u64,
@@ -22,12 +24,20 @@ fn value(record: &Record, name: &str) -> Option<f64> {
 
 impl Console {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, bar: None, total: 0, every: 1 }
+        Self { silent: false, enabled, bar: None, total: 0, every: 1 }
+    }
+
+    /// The console of a rank other than 0.
+    pub fn silent() -> Self {
+        Self { silent: true, ..Self::new(false) }
     }
 
     pub fn start(&mut self, step: u64, total: u64, run_dir: &Path, resumed_from: Option<&Path>) {
         self.total = total;
         self.every = (total / 20).max(1);
+        if self.silent {
+            return;
+        }
         // Said whatever the loggers: where a run starts matters when reading its log.
         match resumed_from {
             Some(dir) => eprintln!("resuming from {} (step {step} of {total})", dir.display()),
@@ -85,6 +95,9 @@ impl Console {
     }
 
     pub fn warn(&self, message: &str) {
+        if self.silent {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(format!("warning: {message}")),
             None => eprintln!("warning: {message}"),
@@ -94,6 +107,9 @@ impl Console {
     pub fn finish(&self, last: Option<&Record>, checkpoint: &Path) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+        if self.silent {
+            return;
         }
         if let (true, Some(record)) = (self.enabled, last) {
             eprintln!("done at step {}: {}", record.step, Self::summary(record));

@@ -50,6 +50,8 @@ pub struct TrainSummary {
     pub resumed_from: Option<PathBuf>,
     pub last_checkpoint: PathBuf,
     pub last_record: Option<Record>,
+    /// Whether this process is rank 0 (the one that reports).
+    pub is_main: bool,
 }
 
 pub struct Trainer {
@@ -85,7 +87,10 @@ impl Trainer {
         let optimizer = Optimizer::new(&config.optim, config.meta.outer_lr, learner.params());
         let schedule = Schedule::new(&config.optim, config.trainer.total_steps);
         let run_dir = PathBuf::from(&config.trainer.default_local_dir);
-        let console = Console::new(dist.is_main() && config.trainer.logger.iter().any(|l| l == "console"));
+        let console = match dist.is_main() {
+            true => Console::new(config.trainer.logger.iter().any(|l| l == "console")),
+            false => Console::silent(),
+        };
         let mut trainer = Self {
             model_dir,
             run_dir,
@@ -213,6 +218,7 @@ impl Trainer {
             resumed_from: self.resumed_from,
             last_checkpoint,
             last_record: self.last_record,
+            is_main: self.dist.is_main(),
         })
     }
 
