@@ -6,6 +6,7 @@
 //! moves the training samplers.
 
 pub mod answer;
+pub mod generate;
 
 use tch::Tensor;
 

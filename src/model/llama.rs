@@ -120,15 +120,56 @@ enum AttentionMask {
 }
 
 impl AttentionMask {
-    fn new(attention_mask: Option<&Tensor>, seq: i64) -> Self {
+    /// `attention_mask` [batch, keys] over every key (cached ones first); the `queries` are the
+    /// last positions. Without a mask and a cache: the plain causal mask.
+    fn new(attention_mask: Option<&Tensor>, queries: i64) -> Self {
         let Some(mask) = attention_mask else { return Self::Causal };
-        let device = mask.device();
-        let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
-        let keys = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
+        let (device, keys) = (mask.device(), mask.size()[1]);
+        // Query i sits at position keys - queries + i and sees keys up to it (bottom-right aligned).
+        let query_pos = Tensor::arange_start(keys - queries, keys, (Kind::Int64, device)).unsqueeze(1);
+        let key_pos = Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0);
+        let causal = key_pos.le_tensor(&query_pos);
+        let real = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
         // A padding query keeps itself, so no row is fully masked (which would make softmax NaN);
-        // its output is never scored.
-        let diagonal = Tensor::eye(seq, (Kind::Bool, device));
-        Self::Explicit(causal.logical_and(&keys.logical_or(&diagonal)))
+        // its output is never used.
+        let itself = key_pos.eq_tensor(&query_pos);
+        Self::Explicit(causal.logical_and(&real.logical_or(&itself)))
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer ([batch, kv_heads, seen, head_dim]),
+/// for generation: each new token attends to them without recomputing them.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> i64 {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only `rows` of the batch (finished sequences dropped).
+    pub fn select_rows(&mut self, rows: &Tensor) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            (*k, *v) = (k.index_select(0, rows), v.index_select(0, rows));
+        }
+    }
+
+    fn layer(&mut self, index: usize) -> &mut Option<(Tensor, Tensor)> {
+        if self.layers.len() <= index {
+            self.layers.resize_with(index + 1, || None);
+        }
+        &mut self.layers[index]
     }
 }
 
@@ -168,7 +209,14 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let heads = |proj: &Linear, n: i64, norm: &Option<RmsNorm>| {
             let h = proj.forward(x).view([batch, seq, n, self.head_dim]);
@@ -183,7 +231,14 @@ impl Attention {
         let k = heads(&self.k_proj, self.num_kv_heads, &self.k_norm);
         let v = heads(&self.v_proj, self.num_kv_heads, &None);
         // 2. Rotate q and k by position.
-        let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+        let (q, mut k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+        let mut v = v;
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.as_ref() {
+                (k, v) = (Tensor::cat(&[past_k, &k], 2), Tensor::cat(&[past_v, &v], 2));
+            }
+            *cache = Some((k.shallow_clone(), v.shallow_clone()));
+        }
         // 3. Scaled dot-product attention; kv heads are shared by groups of query heads.
         let gqa = self.num_kv_heads != self.num_heads;
         let out = match mask {
@@ -249,7 +304,14 @@ impl DecoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, inputs: &LayerInputs) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), &inputs.cos, &inputs.sin, &inputs.mask);
+        self.forward_cached(x, inputs, None)
+    }
+
+    /// [`DecoderLayer::forward`] appending this step's keys and values to `cache` and attending to
+    /// all of them.
+    fn forward_cached(&self, x: &Tensor, inputs: &LayerInputs, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+        let normed = self.input_layernorm.forward(x);
+        let h = x + self.self_attn.forward(&normed, &inputs.cos, &inputs.sin, &inputs.mask, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 
@@ -379,6 +441,24 @@ impl CausalLm {
         position_ids: Option<&Tensor>,
     ) -> Tensor {
         self.hidden_states(input_ids, attention_mask, position_ids).linear::<Tensor>(&self.lm_head, None)
+    }
+
+    /// Logits [batch, new, vocab] of `input_ids` [batch, new] following the `cache`d positions,
+    /// which this call extends. `attention_mask` [batch, cached + new] covers every position;
+    /// `position_ids` [batch, new] are the new tokens' positions.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let mut h = embed(&self.embed_tokens, input_ids);
+        let inputs = LayerInputs::new(&self.rotary, input_ids, Some(attention_mask), Some(position_ids), h.kind());
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward_cached(&h, &inputs, Some(cache.layer(i)));
+        }
+        self.norm.forward(&h).linear::<Tensor>(&self.lm_head, None)
     }
 
     /// The final-norm hidden states [batch, seq, hidden] that [`CausalLm::forward`] feeds to the LM
