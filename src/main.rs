@@ -29,6 +29,10 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Write a checkpoint's parameters as a Hugging Face model directory.
     Export(cli::export::ExportArgs),
+    /// Few-shot curves: adapt on n support examples per task, then loss and generated-answer accuracy.
+    Eval(cli::eval::EvalArgs),
+    /// Compare two `fomaml eval` result files: accuracy B − A per number of shots, paired bootstrap.
+    Compare(cli::eval::CompareArgs),
     /// Encode one prompt/response pair as the trainer will (ids, loss mask, positions) and print JSON.
     Encode(cli::encode::EncodeArgs),
     /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face model directory.
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Export(args) => cli::export::run(args),
+        Command::Eval(args) => cli::eval::run_eval(args),
+        Command::Compare(args) => cli::eval::run_compare(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),
         Command::ImportGguf(args) => cli::import_gguf::run(args),

@@ -5,6 +5,7 @@ pub mod config_show;
 pub mod demo;
 pub mod doctor;
 pub mod encode;
+pub mod eval;
 pub mod export;
 pub mod import_gguf;
 pub mod logits;

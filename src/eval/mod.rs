@@ -6,6 +6,8 @@
 //! moves the training samplers.
 
 pub mod answer;
+pub mod compare;
+pub mod fewshot;
 pub mod generate;
 
 use tch::Tensor;

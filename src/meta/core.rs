@@ -166,8 +166,12 @@ impl Learner {
 
     /// Logits at the current θ for evaluation (no dropout).
     pub fn scoring_logits(&self, batch: &SftBatch) -> Tensor {
-        let model = self.model(&self.params, false).expect("θ holds every weight the config names");
-        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
+        self.scoring_model().forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
+    }
+
+    /// The decoder at the current θ for evaluation and generation (no dropout; whole model only).
+    pub fn scoring_model(&self) -> CausalLm {
+        self.model(&self.params, false).expect("θ holds every weight the config names")
     }
 
     /// verl's SFT loss of a batch at `params` (LoRA dropout on): mean over its scored tokens.

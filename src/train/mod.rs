@@ -7,7 +7,7 @@
 //! writes logs; every rank writes its slice of each checkpoint.
 
 mod console;
-mod setup;
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,211 @@
+//! `fomaml eval` (few-shot curves of a checkpoint or a base model) and `fomaml compare` (two result
+//! files, paired bootstrap).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind};
+
+use crate::checkpoint::{self, shards::params_by_name};
+use crate::cli::parse_device;
+use crate::config::Config;
+use crate::data::tasks::{Encoding, Split, TaskData};
+use crate::data::ChatTokenizer;
+use crate::eval::compare::paired_bootstrap;
+use crate::eval::fewshot::{evaluate_task, from_json, to_json, FewShotSettings, TaskResults};
+use crate::eval::generate::GenerationConfig;
+use crate::meta::core::Learner;
+use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
+use crate::train::setup::compute_kind;
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A training checkpoint (<run>/checkpoints/step_N); its config is used unless --config is given.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// A config whose model.partial_pretrain is evaluated as it is (no checkpoint), or whose tasks
+    /// and settings replace the checkpoint's.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Numbers of shots (support examples adapted on) of the curve.
+    #[arg(long, num_args = 1.., default_values_t = [0usize, 5, 10, 25, 50])]
+    pub n_shots: Vec<usize>,
+    /// Runs per number of shots, each with other shots drawn.
+    #[arg(long, default_value_t = 3)]
+    pub n_runs: usize,
+    /// Evaluate only these tasks (default: meta.eval_tasks, else the training tasks with a test split).
+    #[arg(long, num_args = 1..)]
+    pub eval_tasks: Vec<String>,
+    /// Adaptation learning rate (default: meta.inner_lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Adaptation SGD steps (default: meta.num_inner_steps).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Rows per adaptation and scoring batch (default: meta.inner_batch_size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Tokens generated per answer at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Evaluate at most this many items of each task.
+    #[arg(long)]
+    pub max_items: Option<usize>,
+    /// Seed of the shot draws (default: trainer.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the results go (JSON, the seeds' layout).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Baseline results (`fomaml eval --out`).
+    pub a: PathBuf,
+    /// Results compared with the baseline: the table shows B − A.
+    pub b: PathBuf,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 10_000)]
+    pub resamples: usize,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+}
+
+/// θ to evaluate: the checkpoint's (full or LoRA over its base), or the config's model as it is.
+fn learner(config: &Config, checkpoint: Option<&Path>, pad_id: i64, device: Device, kind: Kind) -> Result<Learner> {
+    let model_dir = Path::new(&config.model.partial_pretrain);
+    let cfg = ModelConfig::from_dir(model_dir).context("model.partial_pretrain")?;
+    let base = load_weights(model_dir, &cfg, Kind::Float, Device::Cpu).context("model.partial_pretrain")?;
+    let Some(dir) = checkpoint else { return Ok(Learner::new(cfg, base, device, kind, pad_id)) };
+    let loaded = checkpoint::load(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
+    let params = params_by_name(&loaded, dir)?;
+    let mut weights = Weights::new();
+    for (name, t) in params {
+        weights.insert(name, t);
+    }
+    if !weights.names().iter().any(|n| n.contains(".lora_")) {
+        return Ok(Learner::new(cfg, weights, device, kind, pad_id));
+    }
+    let m = &config.model;
+    let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?
+        .with_context(|| format!("{}: LoRA tensors, but model.lora_rank is 0 in the config", dir.display()))?;
+    Ok(Learner::with_lora(cfg, base, weights, lora, device, kind, pad_id))
+}
+
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let config = match (&args.config, &args.checkpoint) {
+        (Some(path), _) => Config::load(path, &[])?,
+        (None, Some(dir)) => {
+            let loaded = checkpoint::load(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
+            Config::from_yaml(&loaded.meta.config, &format!("{}'s config", dir.display()), &[])?
+        }
+        (None, None) => bail!("give --checkpoint (a training checkpoint) or --config (a model as it is)"),
+    };
+    let meta = &config.meta;
+    let device = parse_device(&config.trainer.device).context("trainer.device")?;
+    let model_dir = Path::new(&config.model.partial_pretrain);
+    let tokenizer = ChatTokenizer::from_dir(model_dir).context("model.partial_pretrain")?;
+    let learner = learner(&config, args.checkpoint.as_deref(), tokenizer.pad_id, device, compute_kind(&config.model.dtype)?)?;
+
+    let encoding = Encoding::new(&tokenizer, &config.data);
+    let (sections, split) = if meta.eval_tasks.is_empty() {
+        (meta.tasks.iter().filter(|t| !t.test_files.is_empty()).collect::<Vec<_>>(), Split::Test)
+    } else {
+        (meta.eval_tasks.iter().collect(), Split::Query)
+    };
+    for name in &args.eval_tasks {
+        if !sections.iter().any(|s| &s.name == name) {
+            let known: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+            bail!("--eval-tasks: no evaluation task `{name}` (known: {})", known.join(", "));
+        }
+    }
+    let chosen = sections.into_iter().filter(|s| args.eval_tasks.is_empty() || args.eval_tasks.contains(&s.name));
+    let tasks = chosen
+        .map(|s| TaskData::load(s, &encoding, &config.data, config.trainer.seed, 0, 1))
+        .collect::<Result<Vec<_>>>()?;
+    if tasks.is_empty() {
+        bail!("nothing to evaluate: meta.eval_tasks is empty and no training task has a test split");
+    }
+
+    let settings = FewShotSettings {
+        shots: args.n_shots.clone(),
+        runs: args.n_runs,
+        lr: args.lr.unwrap_or(meta.inner_lr),
+        steps: args.steps.unwrap_or(meta.num_inner_steps),
+        batch_size: args.batch_size.unwrap_or(meta.inner_batch_size),
+        seed: args.seed.unwrap_or(config.trainer.seed),
+        generation: GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            eos_ids: vec![tokenizer.eos_id],
+            ..Default::default()
+        },
+        max_items: args.max_items,
+    };
+    let runs_per_task: usize = args.n_shots.iter().map(|&n| if n == 0 { 1 } else { args.n_runs.max(1) }).sum();
+    let bar = ProgressBar::new((runs_per_task * tasks.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg} [{elapsed} < {eta}]").expect("template"));
+    let mut results = Vec::new();
+    for task in &tasks {
+        bar.set_message(task.name.clone());
+        results.push(evaluate_task(&learner, &tokenizer, task, split, &settings, &mut || bar.inc(1))?);
+    }
+    bar.finish_and_clear();
+
+    let json = serde_json::to_vec_pretty(&to_json(&results)).expect("results serialise");
+    crate::fsutil::write_atomically(&args.out, |f| std::io::Write::write_all(f, &json))?;
+    print!("{}", table(&results));
+    println!("results -> {}", args.out.display());
+    Ok(())
+}
+
+/// Per task and number of shots: loss and accuracy, mean ± std over runs.
+fn table(results: &[TaskResults]) -> String {
+    let mut out = String::from("| task | shots | loss | accuracy |\n|---|---|---|---|\n");
+    for t in results {
+        for (n, r) in &t.by_shots {
+            out += &format!(
+                "| {} | {n} | {:.4} ± {:.4} | {:.1}% ± {:.1}% |\n",
+                t.task,
+                r.loss_mean,
+                r.loss_std,
+                100.0 * r.accuracy_mean,
+                100.0 * r.accuracy_std
+            );
+        }
+    }
+    out
+}
+
+fn read_results(path: &Path) -> Result<Vec<TaskResults>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    from_json(&value, &path.display().to_string())
+}
+
+pub fn run_compare(args: &CompareArgs) -> Result<()> {
+    if !(args.level > 0.0 && args.level < 1.0) {
+        bail!("--level {}: expected a number between 0 and 1, e.g. 0.95", args.level);
+    }
+    let (a, b) = (read_results(&args.a)?, read_results(&args.b)?);
+    let rows = paired_bootstrap(&a, &b, args.resamples, args.level, 0)?;
+    println!("A = {}\nB = {}", args.a.display(), args.b.display());
+    println!("| shots | tasks | pairs | accuracy A | accuracy B | B − A | {:.0}% interval |", 100.0 * args.level);
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1} pts | [{:+.1}, {:+.1}] |",
+            r.shots,
+            r.tasks,
+            r.pairs,
+            100.0 * r.accuracy_a,
+            100.0 * r.accuracy_b,
+            100.0 * r.difference,
+            100.0 * r.low,
+            100.0 * r.high
+        );
+    }
+    Ok(())
+}
