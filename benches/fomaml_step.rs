@@ -122,7 +122,7 @@ fn main() {
 
     let mut meta_step = || {
         let mut batch: Vec<&mut TaskData> = tasks.iter_mut().collect();
-        let outcomes = meta_gradient(&learner, &mut batch, &meta, &grad);
+        let outcomes = meta_gradient(&learner, &mut batch, &meta, &grad).unwrap();
         let _norm = clip_grad_norm(&grad, optim.clip_grad);
         optimizer.step(learner.params(), &grad, 1.0);
         let loss = outcomes.iter().map(|o| o.query_loss).sum::<f64>() / outcomes.len() as f64;

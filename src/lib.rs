@@ -14,6 +14,7 @@ pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plan;
 pub mod runtime;
 pub mod tensor_io;
 pub mod train;

@@ -41,7 +41,7 @@ fn reptile_direction_is_theta_minus_the_adapted_weights() {
     let support = SftBatch::collate(&support, tokenizer.pad_id, Device::Cpu);
 
     let direction = learner.zeros_like_params();
-    reptile::direction(&learner, &mut [&mut task], &run.config.meta, &run.config.optim, &direction);
+    reptile::direction(&learner, &mut [&mut task], &run.config.meta, &run.config.optim, &direction).unwrap();
 
     let mut theta = load_weights(dir, &cfg, Kind::Float, Device::Cpu).unwrap();
     let initial: Vec<Tensor> = theta.iter().map(|(_, t)| t.copy()).collect();
@@ -124,7 +124,7 @@ fn maml_meta_gradient_matches_finite_differences() {
     let maml = learner.zeros_like_params();
     fomaml::meta::maml::meta_gradient(&learner, &mut [&mut load()], &run.config.meta, &maml);
     let first_order = learner.zeros_like_params();
-    fomaml::meta::fomaml::meta_gradient(&learner, &mut [&mut load()], &run.config.meta, &first_order);
+    fomaml::meta::fomaml::meta_gradient(&learner, &mut [&mut load()], &run.config.meta, &first_order).unwrap();
 
     // F at θ + t·d, by running the inner loop on the weights themselves.
     let objective = |t: f64, d: &[Tensor]| -> f64 {
@@ -186,7 +186,8 @@ fn meta_lora_restores_the_shared_adapter() {
         &run.config.meta,
         &run.config.optim,
         &grad,
-    );
+    )
+    .unwrap();
     for ((name, p), s) in learner.named_params().into_iter().zip(&shared) {
         assert!(p.equal(s), "{name} is not the shared adapter any more");
     }

@@ -222,7 +222,8 @@ fn dist_env_parsing() {
     assert_eq!(e.timeout, Duration::from_millis(2500));
     assert_eq!(e.store_addr(), "[::1]:29500");
     assert_eq!((e.agent_store, e.attempt), (false, 0), "rank 0 hosts the store without a launcher");
-    let launched = [&full[..], &[("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "2")]].concat();
+    let launched =
+        [&full[..], &[("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "2")]].concat();
     let e = env(&launched).unwrap().unwrap();
     assert_eq!((e.agent_store, e.attempt), (true, 2));
     // No variables at all: a single rank that does nothing (the test runner sets none of them).
@@ -414,7 +415,7 @@ fn spawn_ranks(world: usize, mode: &str, out: &Path, timeout_s: &str) -> Vec<std
 fn child_rank() {
     let Ok(mode) = std::env::var(CHILD_ENV) else { return };
     let out = std::path::PathBuf::from(std::env::var("FOMAML_COMM_TEST_OUT").unwrap());
-    let mut dist = Dist::from_env().unwrap();
+    let dist = Dist::from_env().unwrap();
     match mode.as_str() {
         "script" => {
             for (name, bytes) in script(dist.comm.borrow_mut().as_mut()) {

@@ -38,6 +38,10 @@ fn small_run(algorithm: Algorithm, lora: bool) -> SyntheticRun {
     if algorithm == Algorithm::Reptile {
         c.meta.inner_optimizer = InnerOptimizerType::Adam;
     }
+    if algorithm == Algorithm::MetaLora {
+        // configs/bins/meta_lora.yaml's AdamW rate (the embedded default's 0.05 is an SGD rate).
+        c.meta.inner_lr = 1e-2;
+    }
     if lora {
         (c.model.lora_rank, c.model.lora_alpha, c.model.lora_dropout) = (4, 8.0, 0.0);
     }
@@ -66,7 +70,7 @@ fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 /// Every logged loss of a run (timings dropped).
 fn losses(run_dir: &Path) -> Vec<(u64, String, f64)> {
     let mut out = Vec::new();
-    for record in read_jsonl(&run_dir.join("metrics.jsonl")).unwrap() {
+    for record in read_jsonl(run_dir.join("metrics.jsonl")).unwrap() {
         for (name, value) in record.scalars {
             if name.contains("loss") || name.contains("exact_match") || name == "meta/grad_norm" {
                 out.push((record.step, name, value));
@@ -174,7 +178,23 @@ fn two_and_four_ranks_match_one_process() {
         let diff = max_abs_diff(&theta(&whole), &theta(&dir));
         assert!(diff <= TOLERANCE, "{nproc} ranks: θ differs by {diff}");
         assert_same_losses(&losses(&run.run_dir("whole")), &losses(&run.run_dir(&name)));
+        // `fomaml plan`'s per-rank state is what the ranks hold.
+        let measured = rank_state_mib(&run.run_dir(&name));
+        let planned = planned_state_mib(&run, nproc);
+        assert!((measured - planned).abs() < 1e-9, "{nproc} ranks: measured {measured} MiB, planned {planned}");
     }
+}
+
+fn rank_state_mib(run_dir: &Path) -> f64 {
+    let records = read_jsonl(run_dir.join("metrics.jsonl")).unwrap();
+    records[0].scalars.iter().find(|(n, _)| n == "perf/rank_state_mib").expect("logged").1
+}
+
+fn planned_state_mib(run: &SyntheticRun, gpus: usize) -> f64 {
+    use fomaml::plan::{plan, Workload};
+    let model = fomaml::model::ModelConfig::from_dir(Path::new(&run.config.model.partial_pretrain)).unwrap();
+    let work = Workload { gpus, seq_len: 64, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0 };
+    plan(&run.config, &model, &work, None).unwrap().rank_state_bytes / (1 << 20) as f64
 }
 
 /// A checkpoint written by 4 ranks resumes on 2 and one by 2 ranks on 4 (θ and Adam's moments
@@ -326,4 +346,20 @@ fn failures_on_start_are_reported_promptly_with_the_cause() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("one process only") && stderr.contains("2 ranks"), "{stderr}");
+}
+
+/// The rest of the family through the launcher: FOMAML-LoRA and META-LoRA (frozen base sharded too),
+/// Reptile and SFT on 2 ranks against one whole process.
+#[test]
+fn every_other_algorithm_runs_on_two_ranks_like_one_process() {
+    for (algorithm, lora) in
+        [(Algorithm::Fomaml, true), (Algorithm::MetaLora, true), (Algorithm::Reptile, false), (Algorithm::Sft, false)]
+    {
+        let run = small_run(algorithm, lora);
+        let whole = train(&run, "whole", Sharding::Auto);
+        launch(2, &write_config(&run, "ranks2"), &[]);
+        let diff = max_abs_diff(&theta(&whole), &theta(&newest(&run.run_dir("ranks2"))));
+        assert!(diff <= TOLERANCE, "{algorithm:?} lora={lora} on 2 ranks: θ differs by {diff}");
+        assert_same_losses(&losses(&run.run_dir("whole")), &losses(&run.run_dir("ranks2")));
+    }
 }

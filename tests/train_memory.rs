@@ -63,10 +63,10 @@ fn meta_step_peak_memory_does_not_grow_with_the_meta_batch() {
     let peak_of = |n: usize, tasks: &mut [TaskData]| {
         let mut batch: Vec<&mut TaskData> = tasks.iter_mut().take(n).collect();
         if n == 1 {
-            meta_gradient(&learner, &mut batch, &config.meta, &grad); // warm up the allocator
+            meta_gradient(&learner, &mut batch, &config.meta, &grad).unwrap(); // warm up the allocator
         }
         reset_peak_rss();
-        meta_gradient(&learner, &mut batch, &config.meta, &grad);
+        meta_gradient(&learner, &mut batch, &config.meta, &grad).unwrap();
         peak_rss_bytes().expect("VmHWM is readable on Linux") as f64
     };
     let one = peak_of(1, &mut tasks);

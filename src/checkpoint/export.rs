@@ -31,13 +31,7 @@ const COPIED: [&str; 8] = [
 /// A full-parameter run gives a Hugging Face model directory. A LoRA run gives a PEFT adapter
 /// directory (adapter_config.json + adapter_model.safetensors over the run's base model), or with
 /// `merge` the base model with the adapter merged in.
-pub fn export_hf(
-    checkpoint_dir: &Path,
-    out: &Path,
-    kind: Kind,
-    merge: bool,
-    force: bool,
-) -> Result<()> {
+pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, force: bool) -> Result<()> {
     let loaded = load(checkpoint_dir).with_context(|| format!("checkpoint {}", checkpoint_dir.display()))?;
     let source = Path::new(&loaded.meta.model_source);
     if !source.join("config.json").is_file() {

@@ -50,7 +50,10 @@ pub fn full_units(loaded: &Loaded, dir: &Path, layout: &Layout, prefix: &str) ->
                     let key = state_name(prefix, name);
                     let t = tensors.get(&key).ok_or_else(|| corrupt(dir, format!("{file}: `{key}` is missing")))?;
                     if &t.size() != shape {
-                        return Err(corrupt(dir, format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size())));
+                        return Err(corrupt(
+                            dir,
+                            format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size()),
+                        ));
                     }
                 }
                 units.push(layout.flatten(u, |name| tensors[&state_name(prefix, name)].to_kind(Kind::Float)));

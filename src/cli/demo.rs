@@ -94,10 +94,8 @@ struct Evaluation {
 
 /// Mean score over tasks at each of `SHOWN_STEPS`.
 fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batch: usize) -> Result<Vec<SplitScore>> {
-    let curves: Vec<Vec<SplitScore>> = tasks
-        .iter()
-        .map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, lr, batch, split))
-        .collect::<Result<_, _>>()?;
+    let curves: Vec<Vec<SplitScore>> =
+        tasks.iter().map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, lr, batch, split)).collect::<Result<_, _>>()?;
     Ok((0..SHOWN_STEPS.len())
         .map(|i| {
             let n = curves.len().max(1) as f64;

@@ -108,7 +108,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let device = parse_device(&config.trainer.device).context("trainer.device")?;
     let model_dir = Path::new(&config.model.partial_pretrain);
     let tokenizer = ChatTokenizer::from_dir(model_dir).context("model.partial_pretrain")?;
-    let learner = learner(&config, args.checkpoint.as_deref(), tokenizer.pad_id, device, compute_kind(&config.model.dtype)?)?;
+    let learner =
+        learner(&config, args.checkpoint.as_deref(), tokenizer.pad_id, device, compute_kind(&config.model.dtype)?)?;
 
     let encoding = Encoding::new(&tokenizer, &config.data);
     let (sections, split) = if meta.eval_tasks.is_empty() {
@@ -146,7 +147,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     };
     let runs_per_task: usize = args.n_shots.iter().map(|&n| if n == 0 { 1 } else { args.n_runs.max(1) }).sum();
     let bar = ProgressBar::new((runs_per_task * tasks.len()) as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg} [{elapsed} < {eta}]").expect("template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg} [{elapsed} < {eta}]").expect("template"),
+    );
     let mut results = Vec::new();
     for task in &tasks {
         bar.set_message(task.name.clone());

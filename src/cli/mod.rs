@@ -9,6 +9,7 @@ pub mod eval;
 pub mod export;
 pub mod import_gguf;
 pub mod logits;
+pub mod plan;
 pub mod prepare_data;
 pub mod train;
 

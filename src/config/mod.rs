@@ -166,7 +166,8 @@ fn parse_tree(text: &str, origin: &str) -> Result<Json, ConfigError> {
     let tree: Json = if text.trim().is_empty() {
         Json::Object(Map::new())
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml { path: PathBuf::from(origin), reason: e.to_string() })?
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Yaml { path: PathBuf::from(origin), reason: e.to_string() })?
     };
     if !tree.is_object() {
         return Err(ConfigError::Invalid { origin: origin.into(), reason: "the top level must be a mapping".into() });

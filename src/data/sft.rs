@@ -137,7 +137,8 @@ impl SftBatch {
     pub fn slice_rows(&self, start: i64, len: i64) -> SftBatch {
         let narrow = |t: &Tensor| t.narrow(0, start, len);
         let attention_mask = narrow(&self.attention_mask);
-        let width = if len == 0 { 0 } else { attention_mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
+        let width =
+            if len == 0 { 0 } else { attention_mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
         let cut = |t: Tensor| t.narrow(1, 0, width.max(1).min(self.input_ids.size()[1]));
         SftBatch {
             input_ids: cut(narrow(&self.input_ids)),

@@ -264,7 +264,8 @@ impl Fsdp {
             let norm = RmsNorm::new(&w, NORM, self.cfg.rms_norm_eps).expect("the head unit holds the final norm");
             let lm_head = w.get(if tied.is_some() { EMBED } else { LM_HEAD }).expect("the LM head is gathered");
             let v = head(batch, &norm.forward(&x), &lm_head);
-            let inputs: Vec<&Tensor> = [leaf_head.as_ref(), leaf_tied.as_ref(), Some(&x)].into_iter().flatten().collect();
+            let inputs: Vec<&Tensor> =
+                [leaf_head.as_ref(), leaf_tied.as_ref(), Some(&x)].into_iter().flatten().collect();
             let mut g = Tensor::run_backward(&[&v], &inputs, false, false).into_iter();
             head_grad = leaf_head.as_ref().map(|_| g.next().expect("one gradient per input"));
             tied_grad = leaf_tied.as_ref().map(|_| g.next().expect("one gradient per input"));

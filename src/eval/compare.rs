@@ -107,7 +107,8 @@ mod tests {
     fn results(task: &str, correct: &[bool]) -> TaskResults {
         let accuracy = correct.iter().filter(|c| **c).count() as f64 / correct.len() as f64;
         let run = RunResult { loss: 0.0, accuracy, correct: correct.to_vec() };
-        let shot = ShotResult { loss_mean: 0.0, loss_std: 0.0, accuracy_mean: accuracy, accuracy_std: 0.0, runs: vec![run] };
+        let shot =
+            ShotResult { loss_mean: 0.0, loss_std: 0.0, accuracy_mean: accuracy, accuracy_std: 0.0, runs: vec![run] };
         TaskResults { task: task.into(), by_shots: vec![(5, shot)] }
     }
 

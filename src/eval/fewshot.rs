@@ -190,8 +190,7 @@ pub fn from_json(value: &Value, origin: &str) -> Result<Vec<TaskResults>> {
         let mut by_shots = Vec::new();
         for (n, r) in shots {
             let count: usize = n.parse().with_context(|| format!("{origin}: `{task}.{n}`: not a number of shots"))?;
-            let r: ShotResult =
-                serde_json::from_value(r.clone()).with_context(|| format!("{origin}: `{task}.{n}`"))?;
+            let r: ShotResult = serde_json::from_value(r.clone()).with_context(|| format!("{origin}: `{task}.{n}`"))?;
             by_shots.push((count, r));
         }
         out.push(TaskResults { task: task.clone(), by_shots });
@@ -228,6 +227,9 @@ mod tests {
         let keys: Vec<&String> = json["calculus"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["0", "10"], "shots keep their order");
         assert_eq!(from_json(&json, "x").unwrap(), results);
-        assert!(from_json(&serde_json::json!({"t": {"five": {}}}), "r.json").unwrap_err().to_string().contains("r.json"));
+        assert!(from_json(&serde_json::json!({"t": {"five": {}}}), "r.json")
+            .unwrap_err()
+            .to_string()
+            .contains("r.json"));
     }
 }

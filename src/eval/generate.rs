@@ -25,7 +25,14 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, eos_ids: Vec::new(), stop_strings: Vec::new() }
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            eos_ids: Vec::new(),
+            stop_strings: Vec::new(),
+        }
     }
 }
 

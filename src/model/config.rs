@@ -313,39 +313,13 @@ mod tests {
     use super::*;
 
     // The config.json of meta-llama/Llama-3.2-1B as published (transformers v4 layout).
-    const LLAMA_3_2_1B: &str = r#"{
-      "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
-      "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu",
-      "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
-      "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
-      "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
-      "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-      "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-      "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
-      "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}"#;
+    const LLAMA_3_2_1B: &str = include_str!("../../configs/models/llama-3.2-1b.json");
 
     // Qwen/Qwen2.5-0.5B-Instruct (v4 layout, no head_dim, rope_scaling null).
-    const QWEN2_5_0_5B: &str = r#"{
-      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-      "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-      "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
-      "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
-      "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-      "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
-      "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
-      "vocab_size": 151936, "rope_scaling": null}"#;
+    const QWEN2_5_0_5B: &str = include_str!("../../configs/models/qwen2.5-0.5b.json");
 
     // Qwen/Qwen3-4B (v4 layout, explicit head_dim 128 with hidden 2560 / 32 heads = 80).
-    const QWEN3_4B: &str = r#"{
-      "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
-      "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
-      "hidden_size": 2560, "initializer_range": 0.02, "intermediate_size": 9728,
-      "max_position_embeddings": 40960, "max_window_layers": 36, "model_type": "qwen3",
-      "num_attention_heads": 32, "num_hidden_layers": 36, "num_key_value_heads": 8,
-      "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
-      "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
-      "use_cache": true, "use_sliding_window": false, "vocab_size": 151936}"#;
+    const QWEN3_4B: &str = include_str!("../../configs/models/qwen3-4b.json");
 
     #[test]
     fn published_configs_resolve_to_the_known_parameter_counts() {

@@ -23,9 +23,9 @@ use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
+use crate::dist::{CommError, Dist};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
-use crate::dist::{CommError, Dist};
 use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
 use crate::optim::{Optimizer, Schedule};
@@ -306,7 +306,8 @@ impl Trainer {
         );
         let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
         let names = self.learner.names();
-        let params: Vec<(String, Tensor)> = names.iter().zip(self.learner.params()).map(|(n, t)| (n.clone(), cpu(t))).collect();
+        let params: Vec<(String, Tensor)> =
+            names.iter().zip(self.learner.params()).map(|(n, t)| (n.clone(), cpu(t))).collect();
         // The optimizer names its moments `exp_avg.<i>`; checkpoints name them by parameter.
         let moment_name = |name: &str| {
             let (kind, index) = name.rsplit_once('.').expect("optimizer state is named <kind>.<index>");
