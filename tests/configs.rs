@@ -45,3 +45,37 @@ fn every_algorithm_config_trains_the_embedded_default() {
         assert!(summary.last_checkpoint.join("meta.json").is_file(), "{name}: no checkpoint");
     }
 }
+
+/// `data.support_max_samples` keeps a seeded sample of the file's rows (in file order), not its
+/// head: prepared files can be sorted (by level, by source).
+#[test]
+fn a_row_cap_is_a_seeded_sample_not_the_first_rows() {
+    use fomaml::data::tasks::{Encoding, Split, TaskData};
+    use fomaml::data::ChatTokenizer;
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fomaml"))
+        .args(["prepare-data", "synthetic", "--quiet", "--out"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = Config::load(&dir.path().join("config.yaml"), &[]).unwrap();
+    let tokenizer = ChatTokenizer::from_dir(Path::new(&config.model.partial_pretrain)).unwrap();
+    let section = &config.meta.tasks[0];
+    let load = |cap: Option<usize>, seed: u64| {
+        let mut data = config.data.clone();
+        data.support_max_samples = cap;
+        let encoding = Encoding::new(&tokenizer, &data);
+        let task = TaskData::load(section, &encoding, &data, seed, 0, 1).unwrap();
+        task.examples(Split::Support).iter().map(|e| e.input_ids.clone()).collect::<Vec<_>>()
+    };
+    let all = load(None, 42);
+    let capped = load(Some(8), 42);
+    assert_eq!(capped.len(), 8);
+    assert_ne!(capped, all[..8], "the cap took the first rows");
+    // A subset, in file order, repeatable, and another seed draws another sample.
+    let positions: Vec<usize> = capped.iter().map(|c| all.iter().position(|a| a == c).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(capped, load(Some(8), 42));
+    assert_ne!(capped, load(Some(8), 43));
+}

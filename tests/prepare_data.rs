@@ -74,6 +74,11 @@ fn math_tree_becomes_stratified_tasks_and_a_loadable_config() {
                 "{task} level {level}"
             );
         }
+        // Rows are mixed, not grouped by level: a file's head is not its easiest problems.
+        let order: Vec<&str> = levels.iter().map(|e| e.prompt.as_str()).collect();
+        let mut grouped = order.clone();
+        grouped.sort();
+        assert_ne!(order, grouped, "{task}: support rows are sorted by level");
         let prompts: Vec<BTreeSet<String>> =
             [&support, &query, &test].iter().map(|s| s.iter().map(|e| e.prompt.clone()).collect()).collect();
         assert!(

@@ -157,6 +157,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let json = serde_json::to_vec_pretty(&to_json(&results)).expect("results serialise");
     crate::fsutil::write_atomically(&args.out, |f| std::io::Write::write_all(f, &json))?;
     print!("{}", table(&results));

@@ -138,7 +138,8 @@ pub struct DataSection {
     pub response_key: String,
     pub max_length: usize,
     pub truncation: Truncation,
-    /// Use at most this many rows of each task's support / query files (all when unset).
+    /// Use at most this many rows of each task's support / query files (all when unset): a sample
+    /// drawn from trainer.seed, not the first rows.
     pub support_max_samples: Option<usize>,
     pub query_max_samples: Option<usize>,
     /// Extra chat-template variables, e.g. {enable_thinking: false}.

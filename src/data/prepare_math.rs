@@ -198,6 +198,13 @@ pub fn split_by_subject(
                 .collect();
             splits.add_by_ratio(items, opts.support_ratio, opts.query_ratio);
         }
+        // Levels were appended in order: mix them, so that the first rows of a file (a row cap,
+        // `fomaml eval --max-items`) are not the easiest problems.
+        for (name, split) in
+            [("support", &mut splits.support), ("query", &mut splits.query), ("test", &mut splits.test)]
+        {
+            SplitMix64::new(opts.seed ^ stable_hash(&format!("{task}/{name}/order"))).shuffle(split);
+        }
         out.insert(task, splits);
     }
     Ok(out)

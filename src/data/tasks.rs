@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use tch::Device;
 
-use super::sampler::{stable_hash, EpochSampler, SamplerPosition};
+use super::sampler::{stable_hash, EpochSampler, SamplerPosition, SplitMix64};
 use super::sft::{encode_example, EncodedExample, SftBatch, Truncation};
 use super::task_files::{read_split, Columns};
 use super::tokenizer::ChatTokenizer;
@@ -79,13 +79,21 @@ fn encode_split(
     split: Split,
     files: &[String],
     limit: Option<usize>,
+    seed: u64,
     encoding: &Encoding,
 ) -> Result<Vec<EncodedExample>> {
     let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
-    let examples = read_split(&section.name, split.name(), &paths, &encoding.columns, limit)?;
-    examples
-        .iter()
-        .enumerate()
+    let examples = read_split(&section.name, split.name(), &paths, &encoding.columns, None)?;
+    // A cap keeps a seeded sample, not the first rows: files are often sorted (by level, by
+    // source), and their head is not representative.
+    let mut rows: Vec<usize> = (0..examples.len()).collect();
+    if let Some(limit) = limit.filter(|l| *l < rows.len()) {
+        SplitMix64::new(seed ^ stable_hash(&format!("{}/{}/cap", section.name, split.name()))).shuffle(&mut rows);
+        rows.truncate(limit);
+        rows.sort_unstable();
+    }
+    rows.into_iter()
+        .map(|row| (row, &examples[row]))
         .map(|(row, e)| {
             encode_example(
                 encoding.tokenizer,
@@ -112,7 +120,7 @@ impl TaskData {
         world_size: usize,
     ) -> Result<Self> {
         let split = |split: Split, files: &[String], limit: Option<usize>| -> Result<SplitData> {
-            let examples = encode_split(section, split, files, limit, encoding)?;
+            let examples = encode_split(section, split, files, limit, seed, encoding)?;
             let split_seed = seed ^ stable_hash(&format!("{}/{}", section.name, split.name()));
             let sampler = EpochSampler::new(examples.len(), split_seed, rank, world_size)
                 .with_context(|| format!("task `{}`, {} split", section.name, split.name()))?;
@@ -121,7 +129,7 @@ impl TaskData {
         let test = if section.test_files.is_empty() {
             None
         } else {
-            Some(encode_split(section, Split::Test, &section.test_files, None, encoding)?)
+            Some(encode_split(section, Split::Test, &section.test_files, None, seed, encoding)?)
         };
         Ok(Self {
             name: section.name.clone(),
