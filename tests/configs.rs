@@ -55,11 +55,11 @@ fn a_row_cap_is_a_seeded_sample_not_the_first_rows() {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fomaml"))
         .args(["prepare-data", "synthetic", "--quiet", "--out"])
-        .arg(dir.path())
+        .arg(dir.path().join("bins"))
         .status()
         .unwrap();
     assert!(status.success());
-    let config = Config::load(&dir.path().join("config.yaml"), &[]).unwrap();
+    let config = Config::load(&dir.path().join("bins/config.yaml"), &[]).unwrap();
     let tokenizer = ChatTokenizer::from_dir(Path::new(&config.model.partial_pretrain)).unwrap();
     let section = &config.meta.tasks[0];
     let load = |cap: Option<usize>, seed: u64| {
@@ -78,4 +78,6 @@ fn a_row_cap_is_a_seeded_sample_not_the_first_rows() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     assert_eq!(capped, load(Some(8), 42));
     assert_ne!(capped, load(Some(8), 43));
+    // Caps nest: the sample-count ablations train on growing supersets.
+    assert!(load(Some(4), 42).iter().all(|r| capped.contains(r)));
 }
