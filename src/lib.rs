@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plan;
+pub mod report;
 pub mod runtime;
 pub mod tensor_io;
 pub mod train;

@@ -31,6 +31,8 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Few-shot curves: adapt on n support examples per task, then loss and generated-answer accuracy.
     Eval(cli::eval::EvalArgs),
+    /// Few-shot results and training logs of several methods as report.md with the seeds' comparison plots.
+    Report(cli::report::ReportArgs),
     /// Per-GPU memory and step time of a config on N GPUs, before renting them.
     Plan(cli::plan::PlanArgs),
     /// Compare two `fomaml eval` result files: accuracy B − A per number of shots, paired bootstrap.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run_eval(args),
         Command::Compare(args) => cli::eval::run_compare(args),
         Command::Plan(args) => cli::plan::run(args),
+        Command::Report(args) => cli::report::run(args),
         Command::Config(command) => cli::config_show::run(command),
         Command::PrepareData(command) => cli::prepare_data::run(command),
         Command::ImportGguf(args) => cli::import_gguf::run(args),

@@ -18,9 +18,12 @@ use crate::config::Config;
 use crate::data::synthetic::SyntheticSpec;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
+use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, TaskResults};
+use crate::eval::generate::GenerationConfig;
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
 use crate::model::{load_weights, ModelConfig, Weights};
+use crate::report::{write_report, MethodInput};
 use crate::train::{checkpoint_weights, Trainer};
 
 #[derive(Debug, clap::Args)]
@@ -77,19 +80,47 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     runs.push(("untrained", None));
 
     eprintln!("\n== few-shot adaptation (sweeping the adaptation rate over {:?})", args.adapt_lrs);
-    let report = compare(&base, &runs, &args.adapt_lrs)?;
+    let (report, evaluations) = compare(&base, &runs, &args.adapt_lrs)?;
     print!("{report}");
     let path = args.out.join("report.md");
     std::fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
     println!("\n(written to {})", path.display());
+
+    // The few-shot curves as `fomaml eval` writes them, and the plots of `fomaml report`.
+    let curves = args.out.join("fewshot");
+    std::fs::create_dir_all(&curves).with_context(|| format!("cannot create {}", curves.display()))?;
+    let mut methods = Vec::new();
+    for e in &evaluations {
+        let results = curves.join(format!("{}.json", e.method));
+        let json = serde_json::to_vec_pretty(&to_json(&e.curves)).expect("results serialise");
+        crate::fsutil::write_atomically(&results, |f| std::io::Write::write_all(f, &json))?;
+        let metrics = args.out.join(&e.method).join("metrics.jsonl");
+        let metrics = metrics.is_file().then_some(metrics);
+        methods.push(MethodInput { label: e.method.clone(), results, metrics });
+    }
+    let last = FEWSHOT_SHOTS[FEWSHOT_SHOTS.len() - 1];
+    let plotted = write_report(&methods, &args.out.join("plots"), last)?;
+    println!("\nHeld-out answer accuracy of the adapted model's greedy generation after {FEWSHOT_SHOTS:?} shots:");
+    for e in &evaluations {
+        let n = e.curves.len().max(1) as f64;
+        let mean = |i: usize| e.curves.iter().map(|t| t.by_shots[i].1.accuracy_mean).sum::<f64>() / n;
+        let means: Vec<String> = (0..FEWSHOT_SHOTS.len()).map(|i| format!("{:.0}%", 100.0 * mean(i))).collect();
+        println!("  {:<10} {}", e.method, means.join(" / "));
+    }
+    println!("(curves in {}, plots and tables in {})", curves.display(), plotted.display());
     Ok(())
 }
+
+/// Shots of the few-shot curves (drawn from each held-out task's support split).
+const FEWSHOT_SHOTS: [usize; 4] = [0, 1, 5, 10];
 
 struct Evaluation {
     method: String,
     lr: f64,
     held_out: Vec<SplitScore>,
     seen: Vec<SplitScore>,
+    /// Few-shot curves on the held-out tasks (generated answers), at `lr`.
+    curves: Vec<TaskResults>,
 }
 
 /// Mean score over tasks at each of `SHOWN_STEPS`.
@@ -107,7 +138,7 @@ fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batc
         .collect())
 }
 
-fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Result<String> {
+fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Result<(String, Vec<Evaluation>)> {
     let model_dir = Path::new(&config.model.partial_pretrain);
     let tokenizer = ChatTokenizer::from_dir(model_dir)?;
     let cfg = ModelConfig::from_dir(model_dir)?;
@@ -132,14 +163,33 @@ fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Re
             let seen_curve = mean_curve(&learner, &seen, Split::Test, lr, batch)?;
             let better = chosen.as_ref().is_none_or(|c| seen_curve[2].loss < c.seen[2].loss);
             if better {
-                chosen = Some(Evaluation { method: method.to_string(), lr, held_out: Vec::new(), seen: seen_curve });
+                chosen = Some(Evaluation {
+                    method: method.to_string(),
+                    lr,
+                    held_out: Vec::new(),
+                    seen: seen_curve,
+                    curves: Vec::new(),
+                });
             }
         }
         let mut chosen = chosen.context("--adapt-lrs is empty")?;
         chosen.held_out = mean_curve(&learner, &held_out, Split::Query, chosen.lr, batch)?;
+        let settings = FewShotSettings {
+            shots: FEWSHOT_SHOTS.to_vec(),
+            runs: 3,
+            lr: chosen.lr,
+            steps: config.meta.num_inner_steps,
+            batch_size: batch,
+            seed: config.trainer.seed,
+            generation: GenerationConfig { max_new_tokens: 16, eos_ids: vec![tokenizer.eos_id], ..Default::default() },
+            max_items: None,
+        };
+        for task in &held_out {
+            chosen.curves.push(evaluate_task(&learner, &tokenizer, task, Split::Query, &settings, &mut || {})?);
+        }
         best.push(chosen);
     }
-    Ok(table(&best, held_out.len(), seen.len(), config))
+    Ok((table(&best, held_out.len(), seen.len(), config), best))
 }
 
 fn table(rows: &[Evaluation], held_out: usize, seen: usize, config: &Config) -> String {

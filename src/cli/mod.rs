@@ -11,6 +11,7 @@ pub mod import_gguf;
 pub mod logits;
 pub mod plan;
 pub mod prepare_data;
+pub mod report;
 pub mod train;
 
 use anyhow::{bail, Result};
