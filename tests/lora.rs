@@ -4,17 +4,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
 use common::train::synthetic_run;
-use common::venv_python;
 use fomaml::data::synthetic::SyntheticSpec;
 use fomaml::model::{load_weights, CausalLm, ModelConfig};
-use fomaml::tensor_io::read_safetensors;
 use fomaml::train::Trainer;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 const PEFT_LOGITS: &str = r#"
 import sys, torch
@@ -68,17 +65,8 @@ fn fomaml_lora_trains_the_adapter_only_and_round_trips_through_peft() {
     assert!(adapter_dir.join("adapter_config.json").is_file());
 
     let reference = run.path().join("peft.safetensors");
-    let python = Command::new(venv_python())
-        .args(["-c", PEFT_LOGITS])
-        .args([base_dir, &adapter_dir, &merged_dir, &reference].map(|p| p.to_str().unwrap()))
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "peft could not load the adapter (run the tests through `make test`, which installs it):\n{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let expected: HashMap<String, Tensor> = read_safetensors(&reference).unwrap().into_iter().collect();
+    let args = [base_dir, adapter_dir.as_path(), merged_dir.as_path(), reference.as_path()];
+    let expected = common::python_reference(PEFT_LOGITS, &args, &reference, "peft could not load the adapter");
 
     // Our logits: the merged export through our decoder, and base + adapter unmerged.
     let cfg = ModelConfig::from_dir(&merged_dir).unwrap();

@@ -85,6 +85,28 @@ pub(super) fn comparison_png(
     Ok(())
 }
 
+type NumericChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The grid, tick labels and axis titles both numeric panels share.
+fn numeric_mesh(chart: &mut NumericChart, x_desc: &str, y_desc: &str) -> Result<()> {
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .bold_line_style(BLACK.mix(0.15))
+        .light_line_style(BLACK.mix(0.04))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .draw()?;
+    Ok(())
+}
+
 // plotters prints every f64 tick with a decimal ("5.0 shots"); keep the decimals a tick needs (up to
 // three, so small ranges such as 0.15 min do not print as repeated 0.1 / 0.2).
 fn tick(v: &f64) -> String {
@@ -120,17 +142,7 @@ fn draw_curves(area: &Area, title: &str, y_desc: &str, curves: &[Curve]) -> Resu
         .x_label_area_size(45)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.04 * x_max..1.04 * x_max, y_lo..y_hi)?;
-    chart
-        .configure_mesh()
-        .x_desc("Number of Shots")
-        .y_desc(y_desc)
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .bold_line_style(BLACK.mix(0.15))
-        .light_line_style(BLACK.mix(0.04))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .draw()?;
+    numeric_mesh(&mut chart, "Number of Shots", y_desc)?;
     for c in curves.iter().filter(|c| !c.points.is_empty()) {
         let col = color(c.color);
         let xy: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.1)).collect();
@@ -251,17 +263,11 @@ fn draw_tradeoff(area: &Area, costs: &[Cost], time_unit: &str, summary_shots: us
         .y_label_area_size(60)
         // Labels sit to the right of each point, so leave room past the slowest method.
         .build_cartesian_2d(0.0..1.25 * x_max, y_lo..y_hi)?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("Training time ({time_unit})"))
-        .y_desc(format!("Average {summary_shots}-shot Accuracy (%)"))
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .bold_line_style(BLACK.mix(0.15))
-        .light_line_style(BLACK.mix(0.04))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .draw()?;
+    numeric_mesh(
+        &mut chart,
+        &format!("Training time ({time_unit})"),
+        &format!("Average {summary_shots}-shot Accuracy (%)"),
+    )?;
     let label_style = (FONT, 14).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Bottom));
     for (c, acc) in pts {
         let point = EmptyElement::at((c.time, acc))

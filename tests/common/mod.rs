@@ -85,16 +85,12 @@ save_file({"ids": ids, "logits": logits.contiguous()}, out)
 pub fn assert_transformers_logits_match(export: &Path, scratch: &Path) -> fomaml::model::Weights {
     use fomaml::model::{load_weights, CausalLm, ModelConfig};
     let reference = scratch.join("transformers_logits.safetensors");
-    let python = std::process::Command::new(venv_python())
-        .args(["-c", LOGITS_WITH_TRANSFORMERS, export.to_str().unwrap(), reference.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "transformers could not load the export (run the tests through `make test`, which installs it):\n{}",
-        String::from_utf8_lossy(&python.stderr)
+    let expected = python_reference(
+        LOGITS_WITH_TRANSFORMERS,
+        &[export, &reference],
+        &reference,
+        "transformers could not load the export",
     );
-    let expected: HashMap<String, Tensor> = read_safetensors(&reference).unwrap().into_iter().collect();
     // Our decoder on the exported θ, on the ids transformers' tokenizer produced.
     let cfg = ModelConfig::from_dir(export).unwrap();
     let weights = load_weights(export, &cfg, Kind::Float, tch::Device::Cpu).unwrap();
@@ -103,4 +99,16 @@ pub fn assert_transformers_logits_match(export: &Path, scratch: &Path) -> fomaml
     let diff = max_abs_diff(&logits, &expected["logits"]);
     assert!(diff < 1e-4, "logits differ from transformers by {diff}");
     weights
+}
+
+/// Runs `script` with the torch venv's python on `args` (it writes the safetensors file `out`) and
+/// reads `out` back; `failure` starts the message when the script fails.
+pub fn python_reference(script: &str, args: &[&Path], out: &Path, failure: &str) -> HashMap<String, Tensor> {
+    let python = std::process::Command::new(venv_python()).args(["-c", script]).args(args).output().unwrap();
+    assert!(
+        python.status.success(),
+        "{failure} (run the tests through `make test`, which installs the Python packages):\n{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    read_safetensors(out).unwrap().into_iter().collect()
 }
