@@ -217,7 +217,8 @@ impl Fsdp {
     ) -> Result<Option<T>, CommError> {
         let _guard = tch::no_grad_guard();
         let dropout_seed = self.dropout_seed(train);
-        let boundaries = self.trunk(shards, batch, train, dropout_seed, false)?;
+        let inputs = batch.map(|b| self.layer_inputs(b));
+        let boundaries = self.trunk(shards, batch, inputs.as_ref(), train, dropout_seed, false)?;
         let head_unit = self.layout.units.len() - 1;
         let gathered = self.gather_unit(head_unit, shards)?;
         let tied = if self.cfg.tie_word_embeddings { Some(self.gather_unit(0, shards)?) } else { None };
@@ -240,7 +241,9 @@ impl Fsdp {
         let grads: Vec<Tensor> = shards.iter().map(|s| s.zeros_like()).collect();
         let dropout_seed = self.dropout_seed(true);
         // 1. Forward without a graph, keeping each layer's input (the unit boundaries).
-        let boundaries = tch::no_grad(|| self.trunk(shards, batch, true, dropout_seed, true))?;
+        // Rotary angles and the mask serve the forward pass and every recomputation.
+        let inputs = batch.map(|b| self.layer_inputs(b));
+        let boundaries = tch::no_grad(|| self.trunk(shards, batch, inputs.as_ref(), true, dropout_seed, true))?;
         let last = self.layout.units.len() - 1;
         let layers = self.cfg.num_hidden_layers as usize;
 
@@ -279,7 +282,6 @@ impl Fsdp {
         }
 
         // 3. Layers from the top: re-gather, recompute from the boundary, backward, reduce-scatter.
-        let inputs = batch.map(|b| self.layer_inputs(b));
         for i in (0..layers).rev() {
             let unit = 1 + i;
             let gathered = self.gather_unit(unit, shards)?;
@@ -324,6 +326,7 @@ impl Fsdp {
         &self,
         shards: &[Tensor],
         batch: Option<&SftBatch>,
+        inputs: Option<&LayerInputs>,
         train: bool,
         dropout_seed: Option<i64>,
         keep: bool,
@@ -334,11 +337,10 @@ impl Fsdp {
             embed(&w.get(EMBED).expect("the embedding unit holds the embeddings"), &b.input_ids)
         });
         drop(gathered);
-        let inputs = batch.map(|b| self.layer_inputs(b));
         let mut boundaries = Vec::new();
         for i in 0..self.cfg.num_hidden_layers {
             let gathered = self.gather_unit(1 + i as usize, shards)?;
-            if let (Some(x), Some(inputs)) = (&h, &inputs) {
+            if let (Some(x), Some(inputs)) = (&h, inputs) {
                 let w = self.unit_weights(1 + i as usize, &gathered);
                 self.seed_dropout(dropout_seed, i as usize);
                 let y = self.layer(i, &w, train).forward(x, inputs);
@@ -428,11 +430,12 @@ impl Fsdp {
         if numel == 0 {
             return Ok(());
         }
+        // A gradient of the gathered (already padded) buffer goes as it is; without rows, zeros.
         let padded = acc.numel() as i64 * self.world as i64;
-        let input = Tensor::zeros([padded], (acc.kind(), self.device));
-        if let Some(g) = full {
-            input.narrow(0, 0, g.numel() as i64).copy_(&g.reshape([-1]));
-        }
+        let input = match full {
+            Some(g) => g.reshape([padded]).contiguous(),
+            None => Tensor::zeros([padded], (acc.kind(), self.device)),
+        };
         let part = acc.empty_like();
         self.comm.borrow_mut().reduce_scatter_sum(&input, &part)?;
         let _ = acc.shallow_clone().g_add_(&part);

@@ -4,7 +4,7 @@
 //! direction, one batch's gradient and the optimizer moments as this rank's padded shards of the
 //! FSDP layout (exactly the sizes `perf/rank_state_mib` logs); the frozen base under LoRA as shards
 //! in the compute dtype; the largest unit gathered in flight (fp32 master copy, its compute-dtype
-//! cast, and in the backward its fp32 gradient and reduce-scatter buffer); the activations kept at
+//! cast, and in the backward its fp32 gradient, which the reduce-scatter reads); the activations kept at
 //! unit boundaries plus one layer's activations during its recomputation; the logits of the scored
 //! positions. Time is FLOPs over the GPUs' bf16 peak at a stated MFU.
 
@@ -135,9 +135,9 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     }
     // What is gathered at once: one unit, or at the head the head with the (tied) embeddings. Per
     // element of θ: the fp32 copy, its compute-dtype cast, and in the backward the fp32 gradient
-    // and the reduce-scatter buffer; of the frozen base: its compute-dtype copy.
+    // (sent to the reduce-scatter as it is); of the frozen base: its compute-dtype copy.
     let last = trainable.units.len() - 1;
-    let unit_bytes = |u: usize| trainable.units[u].numel as f64 * (12.0 + c) + frozen.units[u].numel as f64 * c;
+    let unit_bytes = |u: usize| trainable.units[u].numel as f64 * (8.0 + c) + frozen.units[u].numel as f64 * c;
     let tied = if model.tie_word_embeddings { unit_bytes(0) } else { 0.0 };
     let in_flight = (0..last).map(unit_bytes).fold(unit_bytes(last) + tied, f64::max);
     lines.push(Line {
