@@ -65,20 +65,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = format!("{e:#}");
             eprintln!("error: {message}");
-            write_error_file(&message);
+            fomaml::runtime::write_error_file(&message);
             ExitCode::FAILURE
         }
     }
-}
-
-/// Under a launcher, the failure goes to TORCHELASTIC_ERROR_FILE in torchrun's layout too, so the
-/// launcher's report can put this rank's own message first.
-fn write_error_file(message: &str) {
-    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else { return };
-    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let json = serde_json::json!({
-        "message": { "message": message, "extraInfo": { "py_callstack": "", "timestamp": timestamp.to_string() } }
-    });
-    // Best effort: the message is on stderr already.
-    let _ = std::fs::write(path, json.to_string());
 }

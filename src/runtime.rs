@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub const BUILD_LIBTORCH_VERSION: &str = env!("FOMAML_LIBTORCH_BUILD_VERSION");
 
 /// Path of a shared library mapped into this process, e.g. `libtorch_cpu.so`.
-fn mapped_library(file_name: &str) -> Option<PathBuf> {
+pub fn mapped_library(file_name: &str) -> Option<PathBuf> {
     // Make sure libtorch is mapped before looking (any call into it does).
     let _ = tch::get_num_threads();
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -54,4 +54,16 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Under a launcher, the failure goes to TORCHELASTIC_ERROR_FILE in torchrun's layout too, so the
+/// launcher's report can put this rank's own message first.
+pub fn write_error_file(message: &str) {
+    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else { return };
+    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let json = serde_json::json!({
+        "message": { "message": message, "extraInfo": { "py_callstack": "", "timestamp": timestamp.to_string() } }
+    });
+    // Best effort: the message is on stderr already.
+    let _ = std::fs::write(path, json.to_string());
 }

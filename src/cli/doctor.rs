@@ -135,11 +135,9 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         r.row("cuda", format!("not available ({why})"), gpu_status(false));
     }
 
-    match nccl_lib::open() {
-        Ok(lib) => match lib.version() {
-            Ok(v) => r.row("nccl", format!("{v} ({})", lib.source), Status::Ok),
-            Err(e) => r.row("nccl", format!("{} loads but: {e}", lib.source), gpu_status(false)),
-        },
+    // Every entry point the NCCL backend calls must resolve, not only the library.
+    match nccl_lib::NcclApi::load() {
+        Ok(api) => r.row("nccl", format!("{} ({})", api.version, api.source), Status::Ok),
         Err(e) => {
             let status = if args.require_gpu {
                 Status::Fail

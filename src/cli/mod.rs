@@ -37,24 +37,53 @@ impl Dtype {
 
 /// `auto` (the first GPU when there is one, else CPU), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let cuda_count = || if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
-    let cuda = |index: usize| -> Result<Device> {
-        let count = cuda_count();
-        if count == 0 {
+    device_for_rank(spec, 0)
+}
+
+/// As [`parse_device`] for the rank with LOCAL_RANK `local_rank`: `auto` and `cuda` mean that
+/// rank's GPU (torchrun's one process per GPU); `cuda:N` is taken as written.
+pub fn device_for_rank(spec: &str, local_rank: usize) -> Result<Device> {
+    let count = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+    resolve_device(spec, local_rank, count)
+}
+
+fn resolve_device(spec: &str, local_rank: usize, cuda_count: usize) -> Result<Device> {
+    let cuda = |index: usize, how: &str| -> Result<Device> {
+        if cuda_count == 0 {
             bail!("device `{spec}`: CUDA is not available here (run `fomaml doctor` to see why)");
         }
-        if index as i64 >= count {
-            bail!("device `{spec}`: only {count} CUDA device(s) are visible");
+        if index >= cuda_count {
+            bail!("device `{spec}`: {how} {index}, but only {cuda_count} CUDA device(s) are visible");
         }
         Ok(Device::Cuda(index))
     };
+    let own = "LOCAL_RANK is";
     match spec {
-        "auto" => Ok(if cuda_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" if cuda_count == 0 => Ok(Device::Cpu),
+        "auto" | "cuda" => cuda(local_rank, own),
         "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
         _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
+            Some(Ok(i)) => cuda(i, "device index"),
             _ => bail!("device `{spec}` is not one of auto, cpu, cuda, cuda:N"),
         },
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_takes_its_own_gpu_unless_one_is_named() {
+        assert_eq!(resolve_device("auto", 3, 4).unwrap(), Device::Cuda(3));
+        assert_eq!(resolve_device("cuda", 2, 4).unwrap(), Device::Cuda(2));
+        assert_eq!(resolve_device("cuda:1", 3, 4).unwrap(), Device::Cuda(1));
+        assert_eq!(resolve_device("auto", 3, 0).unwrap(), Device::Cpu);
+        assert_eq!(resolve_device("cpu", 3, 4).unwrap(), Device::Cpu);
+        let e = resolve_device("cuda", 4, 4).unwrap_err().to_string();
+        assert!(e.contains("LOCAL_RANK is 4, but only 4 CUDA device(s)"), "{e}");
+        let e = resolve_device("cuda:0", 0, 0).unwrap_err().to_string();
+        assert!(e.contains("CUDA is not available"), "{e}");
+        assert!(resolve_device("gpu", 0, 1).is_err());
     }
 }

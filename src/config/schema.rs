@@ -260,6 +260,8 @@ pub struct TrainerSection {
     pub num_threads: Option<usize>,
     /// auto (FSDP when WORLD_SIZE > 1) or fsdp (also on one rank).
     pub sharding: Sharding,
+    /// The communicator: auto (NCCL on GPUs, the CPU backend otherwise), nccl (also on one rank), cpu.
+    pub backend: crate::dist::Backend,
 }
 
 impl Default for TrainerSection {
@@ -276,6 +278,7 @@ impl Default for TrainerSection {
             nan_policy: NanPolicy::Abort,
             num_threads: None,
             sharding: Sharding::Auto,
+            backend: crate::dist::Backend::Auto,
         }
     }
 }

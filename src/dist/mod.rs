@@ -2,15 +2,19 @@
 //!
 //! `Dist::from_env` joins the run that `fomaml-launch` (or torchrun) started: the launcher (or rank 0) hosts the
 //! rendezvous store (`fomaml_store`) at MASTER_ADDR:MASTER_PORT, every rank connects to it with
-//! the run id, and the ranks build a communicator. Today that is the CPU backend (`tcp`); the NCCL
-//! backend will implement the same `Communicator` trait on device pointers. `nccl_lib` finds NCCL.
+//! the run id, and the ranks build a communicator: NCCL on the tensors' device pointers when the
+//! model is on a GPU (`nccl`, with `nccl_lib` finding NCCL, `cuda` the driver calls and `watchdog`
+//! the timeout), the CPU backend over TCP otherwise (`tcp`).
 
 pub mod comm;
+pub mod cuda;
 pub mod fsdp;
 mod link;
+pub mod nccl;
 pub mod nccl_lib;
 pub mod tcp;
 mod tcp_setup;
+pub mod watchdog;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -20,6 +24,8 @@ use anyhow::{bail, Context};
 pub use comm::{CommError, Communicator, OpDesc, OpKind, SingleRank};
 pub use fomaml_store::{StoreClient, StoreError, StoreServer, StoreServerHandle};
 pub use fsdp::SharedComm;
+pub use nccl::NcclComm;
+use tch::Device;
 pub use tcp::TcpComm;
 
 /// Seconds a collective (and the rendezvous) may wait before failing.
@@ -112,6 +118,32 @@ pub fn timeout_from(v: Option<String>) -> anyhow::Result<Duration> {
     }
 }
 
+/// Which communicator a run uses (`trainer.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// NCCL when the model is on a GPU, the CPU backend otherwise; no communicator on one rank.
+    Auto,
+    /// NCCL, also on one rank (the NCCL path end to end on one GPU).
+    Nccl,
+    /// The CPU backend over TCP (tensors on the CPU).
+    Cpu,
+}
+
+impl Backend {
+    /// Whether ranks on `device` talk through NCCL; an error when the pair cannot work.
+    pub fn uses_nccl(self, device: Device) -> anyhow::Result<bool> {
+        match (self, device) {
+            (Backend::Nccl, Device::Cuda(_)) | (Backend::Auto, Device::Cuda(_)) => Ok(true),
+            (Backend::Nccl, d) => bail!("trainer.backend: nccl needs the model on a GPU, but trainer.device is {d:?}"),
+            (Backend::Cpu, Device::Cuda(_)) => {
+                bail!("trainer.backend: cpu carries CPU tensors only, but trainer.device is a GPU; use nccl or auto")
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
 /// This process's place in the run and its communicator.
 pub struct Dist {
     pub rank: usize,
@@ -130,17 +162,30 @@ impl Dist {
         Dist { rank: 0, world_size: 1, local_rank: 0, comm: shared(SingleRank::new()), store: None, _server: None }
     }
 
-    /// From torchrun's variables; a single rank when they are absent (see `DistEnv::from_env`).
+    /// From torchrun's variables with the CPU backend; a single rank when they are absent.
     pub fn from_env() -> anyhow::Result<Dist> {
-        match DistEnv::from_env()? {
-            None => Ok(Dist::single()),
-            Some(env) => Dist::connect(&env),
+        Dist::join(DistEnv::from_env()?.as_ref(), Device::Cpu, Backend::Auto)
+    }
+
+    /// Joins the run `env` describes (a single rank when `None`) with the communicator that
+    /// `backend` picks for a model on `device`.
+    pub fn join(env: Option<&DistEnv>, device: Device, backend: Backend) -> anyhow::Result<Dist> {
+        let nccl = backend.uses_nccl(device)?;
+        match (env, device) {
+            (Some(env), _) => Dist::connect(env, nccl.then_some(device)),
+            (None, Device::Cuda(ordinal)) if backend == Backend::Nccl => {
+                let timeout = timeout_from(std::env::var(TIMEOUT_ENV).ok())?;
+                let comm = NcclComm::single(ordinal, timeout)?;
+                Ok(Dist { comm: shared(comm), ..Dist::single() })
+            }
+            (None, _) => Ok(Dist::single()),
         }
     }
 
-    /// Rank 0 hosts the store unless the launcher does; every rank connects to it (retrying until the timeout: rank 0 may
-    /// start later) and joins the CPU backend's mesh.
-    pub fn connect(env: &DistEnv) -> anyhow::Result<Dist> {
+    /// Rank 0 hosts the store unless the launcher does; every rank connects to it (retrying until
+    /// the timeout: rank 0 may start later) and joins the CPU backend's mesh, or NCCL's on
+    /// `nccl_device`.
+    pub fn connect(env: &DistEnv, nccl_device: Option<Device>) -> anyhow::Result<Dist> {
         let addr = env.store_addr();
         let server = if env.rank == 0 && !env.agent_store {
             let s = StoreServer::bind(addr.as_str(), env.run_id.clone())
@@ -151,12 +196,21 @@ impl Dist {
         };
         let mut store = StoreClient::connect(&addr, &env.run_id, env.timeout)?;
         let group = format!("worker/attempt_{}/{COMM_GROUP}", env.attempt);
-        let comm = TcpComm::connect(&mut store, env.rank, env.world_size, &group, env.timeout)?;
+        let comm = match nccl_device {
+            Some(Device::Cuda(ordinal)) => {
+                // The watchdog's own connection: it publishes progress while this thread computes.
+                let progress = StoreClient::connect(&addr, &env.run_id, env.timeout).ok();
+                let c =
+                    NcclComm::connect(&mut store, progress, env.rank, env.world_size, ordinal, &group, env.timeout)?;
+                shared(c)
+            }
+            _ => shared(TcpComm::connect(&mut store, env.rank, env.world_size, &group, env.timeout)?),
+        };
         Ok(Dist {
             rank: env.rank,
             world_size: env.world_size,
             local_rank: env.local_rank,
-            comm: shared(comm),
+            comm,
             store: Some(store),
             _server: server,
         })

@@ -15,15 +15,16 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::checkpoint::shards::{rank_file, read_for, state_name, Reader};
 use crate::checkpoint::{self, CheckpointMeta};
+use crate::cli::device_for_rank;
 use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
-use crate::dist::{CommError, Dist};
+use crate::dist::{cuda, CommError, Dist, DistEnv};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::Learner;
 use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};
@@ -79,9 +80,12 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(config: Config) -> Result<Self> {
-        let dist = Dist::from_env()?;
+        let env = DistEnv::from_env()?;
+        let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
+        let device = device_for_rank(&config.trainer.device, local_rank).context("trainer.device")?;
+        let dist = Dist::join(env.as_ref(), device, config.trainer.backend)?;
         setup::check(&config, dist.world_size)?;
-        let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config)?;
+        let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config, device)?;
         let sharded = dist.world_size > 1 || config.trainer.sharding == Sharding::Fsdp;
         let learner = if sharded { learner.shard(dist.comm.clone()) } else { learner };
         let optimizer = Optimizer::new(&config.optim, config.meta.outer_lr, learner.params());
@@ -192,6 +196,13 @@ impl Trainer {
             scalars.push(("perf/rank_state_mib".into(), state_mib));
             if let Some(peak) = peak_rss_bytes() {
                 scalars.push(("perf/peak_rss_mib".into(), peak as f64 / (1 << 20) as f64));
+            }
+            if let Device::Cuda(ordinal) = self.learner.device {
+                // The caching allocator keeps what a step needed, so in-use at the end of a step is
+                // its peak (plus the context); the report takes the max over steps.
+                if let Ok(bytes) = cuda::memory_in_use(ordinal) {
+                    scalars.push(("perf/peak_gpu_mib".into(), bytes as f64 / (1 << 20) as f64));
+                }
             }
             let freq = self.config.trainer.test_freq as u64;
             if freq > 0 && (self.step % freq == 0 || self.step == total) {

@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tch::Kind;
+use tch::{Device, Kind};
 
-use crate::cli::parse_device;
 use crate::config::schema::{Algorithm, InnerOptimizerType};
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
@@ -80,14 +79,14 @@ pub struct Loaded {
     pub eval_tasks: Vec<(TaskData, Split)>,
 }
 
-pub fn load(config: &Config) -> Result<Loaded> {
+/// Loads the model onto `device` (from `cli::device_for_rank`) and the tasks.
+pub fn load(config: &Config, device: Device) -> Result<Loaded> {
     if let Some(threads) = config.trainer.num_threads {
         if threads == 0 {
             bail!("trainer.num_threads must be at least 1");
         }
         tch::set_num_threads(threads as i32);
     }
-    let device = parse_device(&config.trainer.device).context("trainer.device")?;
     let kind = compute_kind(&config.model.dtype)?;
     let model_dir = PathBuf::from(&config.model.partial_pretrain);
     let tokenizer = ChatTokenizer::from_dir(&model_dir).context("model.partial_pretrain")?;
