@@ -87,8 +87,10 @@ fn a_killed_run_resumes_and_ends_like_an_uninterrupted_one() {
 fn bad_configs_are_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let config = prepare(dir.path());
+    // A run directory of its own: the config's relative default would land in the working directory.
+    let run_dir = format!("trainer.default_local_dir={}", dir.path().join("run").display());
     let run = |extra: &str| {
-        let out = fomaml().args(["train", "--config", config.to_str().unwrap(), extra]).output().unwrap();
+        let out = fomaml().args(["train", "--config", config.to_str().unwrap(), &run_dir, extra]).output().unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).to_string()
     };

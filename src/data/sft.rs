@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::tokenizer::{ChatTokenizer, TokenizerError};
 
@@ -98,10 +98,54 @@ pub struct SftBatch {
     pub attention_mask: Tensor,
     pub position_ids: Tensor,
     pub loss_mask: Tensor,
+    /// Flat indices (row × width + t) of the scored positions — t such that loss_mask[t + 1] is
+    /// set — on the batch's device: the loss gathers them without a data-dependent `nonzero`.
+    pub scored_positions: Tensor,
+    /// The same facts on the host, counted when the batch was built, so that a training step never
+    /// waits on the device to learn how many tokens it has.
+    host: HostView,
+}
+
+#[derive(Clone, Debug)]
+struct HostView {
+    width: usize,
+    /// Real (attention) tokens per row.
+    real: Vec<i64>,
+    /// loss_mask, rows × width.
+    loss: Vec<i64>,
+    right_padded: bool,
+}
+
+impl HostView {
+    fn new(attention: &[i64], loss: Vec<i64>, width: usize) -> HostView {
+        let rows: Vec<&[i64]> = if width == 0 { Vec::new() } else { attention.chunks(width).collect() };
+        let real = rows.iter().map(|r| r.iter().filter(|&&m| m != 0).count() as i64).collect();
+        // Real tokens first, then padding only: m[0] set, and m[t + 1] implies m[t].
+        let right_padded = width > 0 && rows.iter().all(|r| r[0] != 0 && r.windows(2).all(|w| w[1] == 0 || w[0] != 0));
+        HostView { width, real, loss, right_padded }
+    }
+
+    fn scored_positions(&self) -> Vec<i64> {
+        let w = self.width;
+        let mut out = Vec::new();
+        for (b, row) in self.loss.chunks(w.max(1)).enumerate().take(self.real.len()) {
+            out.extend((0..w.saturating_sub(1)).filter(|&t| row[t + 1] != 0).map(|t| (b * w + t) as i64));
+        }
+        out
+    }
 }
 
 fn padded(values: &[i64], fill: i64, width: usize) -> impl Iterator<Item = i64> + '_ {
     values.iter().copied().chain(std::iter::repeat(fill)).take(width)
+}
+
+/// Host data onto `device`. On a GPU through pinned memory with a non-blocking copy: the copy is
+/// queued behind the running kernels instead of making the host wait for them.
+fn to_device(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu => t,
+        d => t.pin_memory(d).to_device_(d, t.kind(), true, false),
+    }
 }
 
 impl SftBatch {
@@ -118,13 +162,15 @@ impl SftBatch {
             let last = *e.position_ids.last().unwrap_or(&0);
             positions.extend(padded(&e.position_ids, last, width));
         }
-        let tensor =
-            |v: Vec<i64>| Tensor::from_slice(&v).view([rows, width as i64]).to_kind(Kind::Int64).to_device(device);
+        let tensor = |v: &[i64]| to_device(Tensor::from_slice(v).view([rows, width as i64]), device);
+        let host = HostView::new(&attention, loss, width);
         Self {
-            input_ids: tensor(ids),
-            attention_mask: tensor(attention),
-            position_ids: tensor(positions),
-            loss_mask: tensor(loss),
+            input_ids: tensor(&ids),
+            attention_mask: tensor(&attention),
+            position_ids: tensor(&positions),
+            loss_mask: tensor(&host.loss),
+            scored_positions: to_device(Tensor::from_slice(&host.scored_positions()), device),
+            host,
         }
     }
 
@@ -132,33 +178,93 @@ impl SftBatch {
         self.input_ids.size()[0]
     }
 
+    /// Real (non-padding) tokens: what tokens/s counts.
+    pub fn tokens(&self) -> i64 {
+        self.host.real.iter().sum()
+    }
+
+    /// Positions the loss scores (those whose next token is in the loss mask).
+    pub fn scored_tokens(&self) -> i64 {
+        let w = self.host.width;
+        self.host.loss.chunks(w.max(1)).map(|r| r.iter().skip(1).filter(|&&m| m != 0).count() as i64).sum()
+    }
+
     /// Rows `start..start + len`, cut to the longest real sequence among them (the columns after
     /// it are padding in every kept row).
     pub fn slice_rows(&self, start: i64, len: i64) -> SftBatch {
-        let narrow = |t: &Tensor| t.narrow(0, start, len);
-        let attention_mask = narrow(&self.attention_mask);
-        let width =
-            if len == 0 { 0 } else { attention_mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
-        let cut = |t: Tensor| t.narrow(1, 0, width.max(1).min(self.input_ids.size()[1]));
+        let (from, to) = (start as usize, (start + len) as usize);
+        let longest = self.host.real[from..to].iter().copied().max().unwrap_or(0);
+        let width = longest.max(1).min(self.input_ids.size()[1]);
+        let cut = |t: &Tensor| t.narrow(0, start, len).narrow(1, 0, width);
+        let w = self.host.width;
+        let (width_u, rows) = (width as usize, from..to);
+        let loss: Vec<i64> =
+            rows.clone().flat_map(|r| self.host.loss[r * w..r * w + width_u].iter().copied()).collect();
+        let attention: Vec<i64> =
+            rows.flat_map(|r| (0..width_u).map(move |t| i64::from((t as i64) < self.host.real[r]))).collect();
+        let mut host = HostView::new(&attention, loss, width_u);
+        // Real tokens per row are what the parent counted (a row's padding is all cut or all kept).
+        host.real = self.host.real[from..to].to_vec();
+        host.right_padded = self.host.right_padded;
+        let device = self.input_ids.device();
         SftBatch {
-            input_ids: cut(narrow(&self.input_ids)),
-            attention_mask: cut(attention_mask),
-            position_ids: cut(narrow(&self.position_ids)),
-            loss_mask: cut(narrow(&self.loss_mask)),
+            input_ids: cut(&self.input_ids),
+            attention_mask: cut(&self.attention_mask),
+            position_ids: cut(&self.position_ids),
+            loss_mask: cut(&self.loss_mask),
+            scored_positions: to_device(Tensor::from_slice(&host.scored_positions()), device),
+            host,
         }
     }
 
     /// Whether each row is real tokens then padding (no padding first, no gap): then every real
     /// position sees only real positions under the plain causal mask, SDPA's fused path.
     pub fn is_right_padded(&self) -> bool {
-        let seq = self.attention_mask.size()[1];
-        if seq == 0 {
-            return false;
+        self.host.right_padded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::loss::{scored_positions, scored_tokens};
+
+    fn example(prompt: usize, response: usize) -> EncodedExample {
+        let n = prompt + response;
+        EncodedExample {
+            input_ids: (0..n as i64).map(|i| 3 + i).collect(),
+            loss_mask: (0..n).map(|i| i64::from(i >= prompt)).collect(),
+            attention_mask: vec![1; n],
+            position_ids: (0..n as i64).collect(),
         }
-        let m = self.attention_mask.ne(0);
-        let starts_real = m.narrow(1, 0, 1).all().int64_value(&[]) != 0;
-        // A real token never follows padding: m[t + 1] implies m[t].
+    }
+
+    /// The counts a batch carries from the host against the same counts read from its tensors.
+    fn assert_host_matches_tensors(b: &SftBatch) {
+        assert_eq!(b.tokens(), b.attention_mask.sum(tch::Kind::Int64).int64_value(&[]));
+        assert_eq!(b.scored_tokens(), scored_tokens(&b.loss_mask));
+        assert!(b.scored_positions.equal(&scored_positions(&b.loss_mask)), "{:?}", b.host);
+        let m = b.attention_mask.ne(0);
+        let seq = m.size()[1];
+        let first_real = m.narrow(1, 0, 1).all().int64_value(&[]) != 0;
         let no_gap = m.narrow(1, 1, seq - 1).le_tensor(&m.narrow(1, 0, seq - 1)).all().int64_value(&[]) != 0;
-        starts_real && no_gap
+        assert_eq!(b.is_right_padded(), first_real && no_gap);
+    }
+
+    #[test]
+    fn host_counts_and_scored_positions_match_the_tensors_also_after_slicing() {
+        let examples = [example(3, 2), example(1, 6), example(4, 1), example(2, 2)];
+        let refs: Vec<&EncodedExample> = examples.iter().collect();
+        let batch = SftBatch::collate(&refs, 0, Device::Cpu);
+        assert_eq!((batch.tokens(), batch.scored_tokens()), (21, 11));
+        assert_host_matches_tensors(&batch);
+        for (start, len) in [(0, 1), (1, 2), (2, 2), (0, 4), (3, 1)] {
+            let rows = batch.slice_rows(start, len);
+            assert_host_matches_tensors(&rows);
+            let longest = examples[start as usize..(start + len) as usize].iter().map(|e| e.input_ids.len()).max();
+            assert_eq!(rows.input_ids.size()[1], longest.unwrap() as i64, "rows {start}..+{len}");
+        }
+        let none = batch.slice_rows(2, 0);
+        assert_eq!((none.tokens(), none.scored_tokens(), none.scored_positions.numel()), (0, 0, 0));
     }
 }

@@ -16,7 +16,7 @@ use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
 use crate::meta::core::Learner;
-use crate::meta::loss::{masked_nll_sum, scored_tokens};
+use crate::meta::loss::masked_nll_sum;
 
 /// A split's score at the current θ.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,7 +37,7 @@ pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: u
         let [s, c, e] = learner.summed_scores(&batch, |rows, logits| {
             [
                 masked_nll_sum(logits, &rows.input_ids, &rows.loss_mask).double_value(&[]),
-                scored_tokens(&rows.loss_mask) as f64,
+                rows.scored_tokens() as f64,
                 exact_matches(logits, &rows.input_ids, &rows.loss_mask) as f64,
             ]
         })?;

@@ -12,7 +12,7 @@ use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::fsdp::{Frozen, Fsdp, Layout, SharedComm};
 use crate::dist::CommError;
-use crate::meta::loss::{masked_nll_sum_at_scored, scored_tokens};
+use crate::meta::loss::masked_nll_sum_at_scored;
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::{clip_to, squared_norm, Optimizer};
 
@@ -185,8 +185,8 @@ impl Learner {
         let model = self.model(params, true).expect("θ holds every weight the config names");
         let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
         let hidden = model.hidden_states(&batch.input_ids, mask, Some(&batch.position_ids));
-        let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.loss_mask);
-        sum / scored_tokens(&batch.loss_mask).max(1) as f64
+        let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.scored_positions);
+        sum / batch.scored_tokens().max(1) as f64
     }
 
     /// verl's SFT loss of a batch at the current θ.
@@ -210,10 +210,10 @@ impl Learner {
             let grads = self.gradients(&loss);
             return Ok((loss.detach(), grads));
         };
-        let count = scored_tokens(&batch.loss_mask).max(1) as f64;
+        let count = batch.scored_tokens().max(1) as f64;
         let rows = fsdp.local_rows(batch);
         let (part, grads) = fsdp.forward_backward(&self.params, rows.as_ref(), |rows, hidden, lm_head| {
-            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.loss_mask) / count
+            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.scored_positions) / count
         })?;
         Ok((self.summed_scalar(part)?, grads))
     }
@@ -221,10 +221,10 @@ impl Learner {
     /// The loss of a (global) batch at θ, without gradients (LoRA dropout on, as in training).
     pub fn loss_value(&self, batch: &SftBatch) -> Result<Tensor, CommError> {
         let Some(fsdp) = &self.fsdp else { return Ok(tch::no_grad(|| self.loss(batch))) };
-        let count = scored_tokens(&batch.loss_mask).max(1) as f64;
+        let count = batch.scored_tokens().max(1) as f64;
         let rows = fsdp.local_rows(batch);
         let part = fsdp.forward(&self.params, rows.as_ref(), true, |rows, hidden, lm_head| {
-            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.loss_mask) / count
+            masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.scored_positions) / count
         })?;
         self.summed_scalar(part)
     }
@@ -299,7 +299,7 @@ impl Learner {
 
 /// Non-padding tokens of a batch (what tokens/s counts).
 pub fn batch_tokens(batch: &SftBatch) -> i64 {
-    batch.attention_mask.sum(Kind::Int64).int64_value(&[])
+    batch.tokens()
 }
 
 /// Zeroes update-direction buffers before an algorithm fills them.
@@ -324,10 +324,10 @@ fn cpu_scalar(value: f64) -> Tensor {
 }
 
 /// What the inner loop did on one task.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Adaptation {
-    /// Support loss before each inner step (the last is the seeds' `support_loss`).
-    pub support_losses: Vec<f64>,
+    /// Support loss before each inner step (the last is the seeds' `support_loss`), on the device.
+    pub support_losses: Vec<Tensor>,
     pub tokens: i64,
 }
 
@@ -388,7 +388,7 @@ pub fn adapt_with(
         }
         let batch = batch.as_ref().expect("drawn at step 0");
         let (loss, grads) = learner.loss_and_grads(batch)?;
-        out.support_losses.push(loss.double_value(&[]));
+        out.support_losses.push(loss);
         out.tokens += batch_tokens(batch);
         optimizer.step(learner, &grads);
     }

@@ -7,7 +7,7 @@
 //! g = mean_i g_i                           (clipped and applied by the outer optimizer)
 
 use super::core::{accumulate, adapt, batch_tokens, zero_, Learner};
-use super::TaskOutcome;
+use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
@@ -22,9 +22,9 @@ pub fn meta_gradient(
     zero_(meta_grad);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let inner = adapt(
+        let mut inner = adapt(
             learner,
             task,
             meta.num_inner_steps,
@@ -36,12 +36,12 @@ pub fn meta_gradient(
         let (query_loss, grads) = learner.loss_and_grads(&query)?;
         accumulate(meta_grad, &grads, scale);
         learner.restore(&theta);
-        outcomes.push(TaskOutcome {
+        pending.push(PendingOutcome {
             name: task.name.clone(),
-            support_loss: inner.support_losses.last().copied().unwrap_or(f64::NAN),
-            query_loss: query_loss.double_value(&[]),
+            support_loss: inner.support_losses.pop(),
+            query_loss: Some(query_loss),
             tokens: inner.tokens + batch_tokens(&query),
         });
     }
-    Ok(outcomes)
+    Ok(resolve(pending))
 }

@@ -24,19 +24,25 @@ pub fn masked_nll_sum(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -
 /// [`masked_nll_sum`] from the final hidden states [batch, seq, hidden] and the LM head
 /// [vocab, hidden], computing logits only at the scored positions: the same loss (up to float
 /// rounding) without the LM head's matmul, the fp32 logits copy and the log-softmax at positions
-/// that are not scored (prompt and padding).
-pub fn masked_nll_sum_at_scored(hidden: &Tensor, lm_head: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -> Tensor {
+/// that are not scored (prompt and padding). `scored` holds their flat indices b·seq + t
+/// (`SftBatch::scored_positions`, or [`scored_positions`] of a loss mask).
+pub fn masked_nll_sum_at_scored(hidden: &Tensor, lm_head: &Tensor, input_ids: &Tensor, scored: &Tensor) -> Tensor {
     let (batch, seq, width) = hidden.size3().expect("hidden states are [batch, seq, hidden]");
-    // Position t of row b is scored iff loss_mask[b, t + 1] is set; the last position never is.
+    // The label of position t is the token at t + 1 of the same row.
+    let labels = input_ids.reshape([-1]).index_select(0, &(scored + 1));
+    let states = hidden.reshape([batch * seq, width]).index_select(0, scored);
+    let logits = widened(&states.linear::<Tensor>(lm_head, None));
+    logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
+}
+
+/// Flat indices b·seq + t of the positions a loss mask scores (t with loss_mask[b, t + 1] set).
+/// Reads the mask back (a device sync on a GPU); batches carry these precomputed.
+pub fn scored_positions(loss_mask: &Tensor) -> Tensor {
+    let (batch, seq) = loss_mask.size2().expect("loss_mask is [batch, seq]");
     let device = loss_mask.device();
     let scored =
         Tensor::cat(&[loss_mask.narrow(1, 1, seq - 1).ne(0), Tensor::zeros([batch, 1], (Kind::Bool, device))], 1);
-    // Flat indices b·seq + t; the label of position t is the token at t + 1 of the same row.
-    let rows = scored.reshape([-1]).nonzero().squeeze_dim(1);
-    let labels = input_ids.reshape([-1]).index_select(0, &(&rows + 1));
-    let states = hidden.reshape([batch * seq, width]).index_select(0, &rows);
-    let logits = widened(&states.linear::<Tensor>(lm_head, None));
-    logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
+    scored.reshape([-1]).nonzero().squeeze_dim(1)
 }
 
 /// Logits for the cross-entropy: fp32 at least (bf16 is widened); fp64 stays fp64 for numerical checks.
@@ -90,7 +96,7 @@ mod tests {
         // Prompt, response, padding of different lengths per row; the last row scores nothing.
         let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]).view([3, 7]);
         let full = masked_nll_sum(&hidden.linear::<Tensor>(&head, None), &ids, &mask);
-        let scored = masked_nll_sum_at_scored(&hidden, &head, &ids, &mask);
+        let scored = masked_nll_sum_at_scored(&hidden, &head, &ids, &scored_positions(&mask));
         assert!((full.double_value(&[]) - scored.double_value(&[])).abs() < 1e-5);
         let g_full = Tensor::run_backward(&[&full], &[&hidden, &head], false, false);
         let g_scored = Tensor::run_backward(&[&scored], &[&hidden, &head], false, false);

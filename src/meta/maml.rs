@@ -13,7 +13,7 @@
 use tch::Tensor;
 
 use super::core::{accumulate, batch_tokens, zero_, Learner};
-use super::TaskOutcome;
+use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
 
@@ -25,9 +25,9 @@ pub fn meta_gradient(
 ) -> Vec<TaskOutcome> {
     zero_(meta_grad);
     let scale = 1.0 / tasks.len() as f64;
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut outcome = TaskOutcome { name: task.name.clone(), ..Default::default() };
+        let mut outcome = PendingOutcome::new(&task.name);
         let mut fast: Vec<Tensor> = learner.params().iter().map(Tensor::shallow_clone).collect();
         let mut support = None;
         for step in 0..meta.num_inner_steps {
@@ -36,17 +36,17 @@ pub fn meta_gradient(
             }
             let batch = support.as_ref().expect("drawn at step 0");
             let loss = learner.loss_at(&fast, batch);
-            outcome.support_loss = loss.double_value(&[]);
+            outcome.support_loss = Some(loss.detach());
             outcome.tokens += batch_tokens(batch);
             let grads = Tensor::run_backward(&[&loss], &fast, true, true);
             fast = fast.iter().zip(&grads).map(|(w, g)| w - g * meta.inner_lr).collect();
         }
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let query_loss = learner.loss_at(&fast, &query);
-        outcome.query_loss = query_loss.double_value(&[]);
+        outcome.query_loss = Some(query_loss.detach());
         outcome.tokens += batch_tokens(&query);
         accumulate(meta_grad, &learner.gradients(&query_loss), scale);
-        outcomes.push(outcome);
+        pending.push(outcome);
     }
-    outcomes
+    resolve(pending)
 }

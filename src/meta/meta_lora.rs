@@ -11,7 +11,7 @@
 use tch::Tensor;
 
 use super::core::{accumulate, batch_tokens, zero_, Learner};
-use super::TaskOutcome;
+use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection, OptimizerType};
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
@@ -28,9 +28,9 @@ pub fn meta_gradient(
     let shared = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
     let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..optim.clone() };
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut outcome = TaskOutcome { name: task.name.clone(), ..Default::default() };
+        let mut outcome = PendingOutcome::new(&task.name);
         // Stage 1: adapt this task's copy of the adapter.
         let mut inner = Optimizer::new(&adam, meta.inner_lr, learner.params());
         let mut support = None;
@@ -40,7 +40,7 @@ pub fn meta_gradient(
             }
             let batch = support.as_ref().expect("drawn at step 0");
             let (loss, grads) = learner.loss_and_grads(batch)?;
-            outcome.support_loss = loss.double_value(&[]);
+            outcome.support_loss = Some(loss.detach());
             outcome.tokens += batch_tokens(batch);
             learner.clip_grad_norm(&grads, optim.clip_grad)?;
             inner.step(learner.params(), &grads, 1.0);
@@ -48,11 +48,11 @@ pub fn meta_gradient(
         // Stage 2: the query gradient at the adapted adapter, into the shared update.
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (query_loss, grads) = learner.loss_and_grads(&query)?;
-        outcome.query_loss = query_loss.double_value(&[]);
+        outcome.query_loss = Some(query_loss.detach());
         outcome.tokens += batch_tokens(&query);
         accumulate(meta_grad, &grads, scale);
         learner.restore(&shared);
-        outcomes.push(outcome);
+        pending.push(outcome);
     }
-    Ok(outcomes)
+    Ok(resolve(pending))
 }

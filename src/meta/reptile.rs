@@ -12,7 +12,7 @@
 use tch::Tensor;
 
 use super::core::{accumulate, adapt_with, batch_tokens, zero_, InnerOptimizer, Learner};
-use super::TaskOutcome;
+use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
@@ -27,10 +27,10 @@ pub fn direction(
     zero_(direction);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
         let mut inner = InnerOptimizer::for_task(meta, optim, learner);
-        let adaptation = adapt_with(
+        let mut adaptation = adapt_with(
             learner,
             task,
             meta.num_inner_steps,
@@ -39,17 +39,17 @@ pub fn direction(
             &mut inner,
         )?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
-        let query_loss = learner.loss_value(&query)?.double_value(&[]);
+        let query_loss = learner.loss_value(&query)?;
         // direction += (θ − θ_i) / n
         let moved: Vec<Tensor> = theta.iter().zip(learner.params()).map(|(t, p)| t - p.detach()).collect();
         accumulate(direction, &moved, scale);
         learner.restore(&theta);
-        outcomes.push(TaskOutcome {
+        pending.push(PendingOutcome {
             name: task.name.clone(),
-            support_loss: adaptation.support_losses.last().copied().unwrap_or(f64::NAN),
-            query_loss,
+            support_loss: adaptation.support_losses.pop(),
+            query_loss: Some(query_loss),
             tokens: adaptation.tokens + batch_tokens(&query),
         });
     }
-    Ok(outcomes)
+    Ok(resolve(pending))
 }

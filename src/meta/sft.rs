@@ -3,7 +3,7 @@
 //! gradient is taken at θ, with no adaptation; their mean is the update direction.
 
 use super::core::{accumulate, batch_tokens, zero_, Learner};
-use super::TaskOutcome;
+use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
@@ -17,9 +17,9 @@ pub fn gradient(
     zero_(grad);
     let batches_per_task = meta.num_inner_steps + 1;
     let scale = 1.0 / (tasks.len() * batches_per_task) as f64;
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut outcome = TaskOutcome { name: task.name.clone(), ..Default::default() };
+        let mut outcome = PendingOutcome::new(&task.name);
         let mut support_batch = None;
         for step in 0..meta.num_inner_steps {
             if step == 0 || meta.fresh_support_batch_per_step {
@@ -28,16 +28,16 @@ pub fn gradient(
             }
             let batch = support_batch.as_ref().expect("drawn at step 0");
             let (loss, grads) = learner.loss_and_grads(batch)?;
-            outcome.support_loss = loss.double_value(&[]);
+            outcome.support_loss = Some(loss.detach());
             outcome.tokens += batch_tokens(batch);
             accumulate(grad, &grads, scale);
         }
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (loss, grads) = learner.loss_and_grads(&query)?;
-        outcome.query_loss = loss.double_value(&[]);
+        outcome.query_loss = Some(loss.detach());
         outcome.tokens += batch_tokens(&query);
         accumulate(grad, &grads, scale);
-        outcomes.push(outcome);
+        pending.push(outcome);
     }
-    Ok(outcomes)
+    Ok(resolve(pending))
 }

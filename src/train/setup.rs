@@ -14,6 +14,8 @@ use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
 use crate::model::{load_weights, LoraConfig, ModelConfig};
 
 /// Settings that would fail later, refused up front with the key that is wrong.
+const LOGGERS: [&str; 3] = ["console", "jsonl", "tensorboard"];
+
 pub fn check(config: &Config, world_size: usize) -> Result<()> {
     let meta = &config.meta;
     if config.model.partial_pretrain.is_empty() {
@@ -37,6 +39,10 @@ pub fn check(config: &Config, world_size: usize) -> Result<()> {
         if value == 0 {
             bail!("{key} must be at least 1");
         }
+    }
+    // Checked before any checkpoint is read: a typo must not wait behind a resume.
+    if let Some(other) = config.trainer.logger.iter().find(|l| !LOGGERS.contains(&l.as_str())) {
+        bail!("trainer.logger: `{other}` is not one of {}", LOGGERS.join(", "));
     }
     let mut names = std::collections::HashSet::new();
     for task in meta.tasks.iter().chain(&meta.eval_tasks) {
@@ -134,7 +140,7 @@ pub fn sinks(config: &Config, run_dir: &Path, step: u64) -> Result<Vec<Box<dyn M
                 let sink = if step > 0 { TensorBoardSink::resume(&dir, step)? } else { TensorBoardSink::create(&dir)? };
                 sinks.push(Box::new(sink));
             }
-            other => bail!("trainer.logger: `{other}` is not one of console, jsonl, tensorboard"),
+            other => bail!("trainer.logger: `{other}` is not one of {}", LOGGERS.join(", ")),
         }
     }
     Ok(sinks)
