@@ -176,6 +176,9 @@ run_measured() {
     fi
     sleep 0.5
   done
+  # A process stuck in the driver may ignore SIGTERM; the call's 10 minutes must not wait on it.
+  for _ in $(seq 20); do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL "$child" 2>/dev/null || true
   local rc=0; wait "$child" || rc=$?
   child=
   smi_stop
@@ -205,6 +208,7 @@ for head in $TORCH_HEADS; do
     --query-batch "$QUERY_BATCH" --outer-lr "$OUTER_LR" --warmup "$WARMUP" --steps "$STEPS"
     --out "$res/torch-$head.json" ${THREADS:+--threads "$THREADS"})
   run_measured "torch-$head" "$logdir/torch.log" 180 "$after" "" 0 "$PY" "$here/fomaml_step_torch.py" "${torch_args[@]}"
+  [ "$phase_status" != "exit 3" ] || phase_status="out of memory (exit 3)"
   if [ "$phase_status" != ok ] && [ ! -f "$res/torch-$head.json" ]; then
     status_json "$phase_status" "" "torch-$head-status.json"
   fi
