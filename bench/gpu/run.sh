@@ -10,7 +10,8 @@
 # Logs and gpu_bench.json go to $OUT when set (the device's return folder), else runs/gpubench/<time>.
 # Exits non-zero when any phase failed, after printing the table of what was measured.
 #
-# Environment (defaults for DEVICE=cuda; DEVICE=cpu shrinks them to a ~2-minute check on a CPU):
+# Environment (defaults for DEVICE=cuda; DEVICE=cpu shrinks them to a ~2-minute check on a CPU, in
+# f32 because CPUs without bf16 units run it ~20× slower):
 #   DEVICE cuda|cpu, DTYPE bf16|f32, VOCAB 128256, HIDDEN 2048, LAYERS 16, HEADS 32, KV_HEADS 8,
 #   HEAD_DIM 64, INTERMEDIATE 8192, TIED 1, SEQ 2048, META_BATCH 4, INNER_STEPS 5, INNER_BATCH 4,
 #   QUERY_BATCH 4, INNER_LR 1e-4, OUTER_LR 3e-5, WARMUP 2, STEPS 4 (timed meta-steps after WARMUP),
