@@ -16,7 +16,8 @@
 #   HEAD_DIM 64, INTERMEDIATE 8192, TIED 1, SEQ 2048, META_BATCH 4, INNER_STEPS 5, INNER_BATCH 4,
 #   QUERY_BATCH 4, INNER_LR 1e-4, OUTER_LR 3e-5, WARMUP 2, STEPS 4 (timed meta-steps after WARMUP),
 #   TORCH_HEADS "full scored", PEAK_N 8192, THREADS (CPU only), BUDGET_S 560 (the whole script),
-#   PYTHON python3, KEEP_WORK 0 (1 keeps the model and tasks in the printed work directory).
+#   PYTHON python3, KEEP_WORK 0 (1 keeps the model and tasks in the printed work directory),
+#   SHARDING auto|fsdp and BACKEND auto|nccl (fsdp + nccl: our FSDP path over NCCL at world size 1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 started_at=$(date +%s)
@@ -43,7 +44,7 @@ WARMUP=${WARMUP:-${small:+1}} WARMUP=${WARMUP:-2}
 STEPS=${STEPS:-${small:+2}} STEPS=${STEPS:-4}
 PEAK_N=${PEAK_N:-${small:+512}} PEAK_N=${PEAK_N:-8192}
 INNER_LR=${INNER_LR:-1e-4} OUTER_LR=${OUTER_LR:-3e-5} TORCH_HEADS=${TORCH_HEADS:-full scored}
-BUDGET_S=${BUDGET_S:-560} PY=${PYTHON:-python3} THREADS=${THREADS:-}
+BUDGET_S=${BUDGET_S:-560} PY=${PYTHON:-python3} THREADS=${THREADS:-} SHARDING=${SHARDING:-auto} BACKEND=${BACKEND:-auto}
 case "$DEVICE" in cpu|cuda) ;; *) die "DEVICE must be cpu or cuda, got $DEVICE" ;; esac
 
 [ -x "$stage/fomaml" ] || die "$stage/fomaml is missing: run bash bench/gpu/stage.sh on the build machine and carry .gpu"
@@ -122,7 +123,8 @@ config=$(cat <<JSON
  "optim": {"optimizer_type": "AdamW", "betas": [0.9, 0.95], "weight_decay": 0.01, "clip_grad": 1.0,
            "lr_scheduler": "constant", "warmup_steps_ratio": 0.0},
  "trainer": {"total_steps": $total, "seed": 0, "test_freq": 0, "logger": ["console", "jsonl"],
-             "default_local_dir": "$work/ours", "device": "$DEVICE", "nan_policy": "abort"$threads_yaml},
+             "default_local_dir": "$work/ours", "device": "$DEVICE", "nan_policy": "abort",
+             "sharding": "$SHARDING", "backend": "$BACKEND"$threads_yaml},
  "checkpoint": {"save_freq": 0, "resume_mode": "disable"}}
 JSON
 )

@@ -68,7 +68,7 @@ if metrics_path.is_file():
     if len(timed) >= settings["steps"] and ours["status"] == "ok":
         timed = timed[: settings["steps"]]
         seconds = sum(r["perf/step_time_s"] for r in timed)
-        step_tokens = [round(r["perf/tokens_per_s"] * r["perf/step_time_s"]) for r in timed]
+        step_tokens = [r.get("perf/tokens", round(r["perf/tokens_per_s"] * r["perf/step_time_s"])) for r in timed]
         ours.update(tokens_per_s=sum(step_tokens) / seconds, step_times_s=[r["perf/step_time_s"] for r in timed],
                     tokens_per_step=statistics.mean(step_tokens), query_loss=timed[-1].get("meta/avg_query_loss"))
         gpu = [r["perf/peak_gpu_mib"] for r in records if "perf/peak_gpu_mib" in r]

@@ -191,6 +191,7 @@ impl Trainer {
             scalars.push(("lr".into(), self.optimizer.base_lr() * lr_factor));
             scalars.push(("meta/skipped_steps".into(), self.skipped_steps as f64));
             let tokens: i64 = outcomes.iter().map(|o| o.tokens).sum();
+            scalars.push(("perf/tokens".into(), tokens as f64));
             scalars.push(("perf/tokens_per_s".into(), tokens as f64 / seconds));
             scalars.push(("perf/step_time_s".into(), seconds));
             scalars.push(("perf/rank_state_mib".into(), state_mib));

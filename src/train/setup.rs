@@ -97,6 +97,15 @@ pub fn load(config: &Config, device: Device) -> Result<Loaded> {
     let model_dir = PathBuf::from(&config.model.partial_pretrain);
     let tokenizer = ChatTokenizer::from_dir(&model_dir).context("model.partial_pretrain")?;
     let model_cfg = ModelConfig::from_dir(&model_dir).context("model.partial_pretrain")?;
+    // An id past the embedding would fail deep inside a step (on a GPU as a device-side assert).
+    if tokenizer.vocab_size() as i64 > model_cfg.vocab_size {
+        bail!(
+            "model.partial_pretrain {}: the tokenizer has {} tokens but config.json's vocab_size is {}",
+            model_dir.display(),
+            tokenizer.vocab_size(),
+            model_cfg.vocab_size
+        );
+    }
     let weights = load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
     let m = &config.model;
     let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?;
