@@ -208,3 +208,19 @@ fn meta_loss_falls_on_the_synthetic_family() {
     let (first, last) = (mean(&records[..10]), mean(&records[50..]));
     assert!(last < 0.5 * first, "meta/loss {first:.4} over the first 10 steps, {last:.4} over the last 10");
 }
+
+#[test]
+fn a_tokenizer_larger_than_the_embedding_is_refused_before_training() {
+    let run = synthetic_run(&small_spec());
+    let dir = std::path::PathBuf::from(&run.config.model.partial_pretrain);
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let tokens = ChatTokenizer::from_dir(&dir).unwrap().vocab_size();
+    cfg["vocab_size"] = serde_json::json!(tokens - 1);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let e = format!("{:#}", Trainer::new(run.config.clone()).err().expect("a too-small vocabulary was accepted"));
+    assert!(
+        e.contains(&format!("the tokenizer has {tokens} tokens but config.json's vocab_size is {}", tokens - 1)),
+        "{e}"
+    );
+}
