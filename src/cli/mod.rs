@@ -60,6 +60,8 @@ fn resolve_device(spec: &str, local_rank: usize, cuda_count: usize) -> Result<De
     let own = "LOCAL_RANK is";
     match spec {
         "auto" if cuda_count == 0 => Ok(Device::Cpu),
+        // One visible GPU per rank (CUDA_VISIBLE_DEVICES set per process): it is this rank's.
+        "auto" | "cuda" if cuda_count == 1 => cuda(0, own),
         "auto" | "cuda" => cuda(local_rank, own),
         "cpu" => Ok(Device::Cpu),
         _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -80,6 +82,7 @@ mod device_tests {
         assert_eq!(resolve_device("cuda:1", 3, 4).unwrap(), Device::Cuda(1));
         assert_eq!(resolve_device("auto", 3, 0).unwrap(), Device::Cpu);
         assert_eq!(resolve_device("cpu", 3, 4).unwrap(), Device::Cpu);
+        assert_eq!(resolve_device("cuda", 3, 1).unwrap(), Device::Cuda(0));
         let e = resolve_device("cuda", 4, 4).unwrap_err().to_string();
         assert!(e.contains("LOCAL_RANK is 4, but only 4 CUDA device(s)"), "{e}");
         let e = resolve_device("cuda:0", 0, 0).unwrap_err().to_string();

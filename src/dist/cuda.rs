@@ -99,7 +99,13 @@ impl super::watchdog::Completion for Marker {
 /// Device memory in use on `ordinal` (total − free: libtorch's cached blocks, the CUDA context and
 /// any other process on that GPU), in bytes.
 pub fn memory_in_use(ordinal: usize) -> Result<u64, String> {
-    Context::primary(ordinal)?;
+    // Retained once per device: each retain is a reference that is never released.
+    static CONTEXTS: std::sync::Mutex<Vec<Context>> = std::sync::Mutex::new(Vec::new());
+    let mut known = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    match known.iter().find(|c| c.ordinal == ordinal) {
+        Some(c) => c.make_current()?,
+        None => known.push(Context::primary(ordinal)?),
+    }
     let (free, total) = result::mem_get_info().map_err(describe)?;
     Ok((total - free) as u64)
 }

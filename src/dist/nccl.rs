@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::comm::{check, CommError, Communicator, OpDesc, OpKind};
 use super::cuda::{Context, Marker};
 use super::nccl_lib::{NcclApi, Status, SUCCESS};
-use super::watchdog::{Hooks, Watchdog};
+use super::watchdog::{die, Deadline, Hooks, Watchdog};
 
 /// NCCL's communicator handle, as an address so the watchdog can abort it from its thread.
 #[derive(Clone, Copy)]
@@ -103,7 +103,7 @@ impl NcclComm {
         timeout: Duration,
     ) -> Result<NcclComm, CommError> {
         let fail = |d: String| setup_error(rank, world_size, d);
-        let api = Arc::new(NcclApi::load().map_err(fail)?);
+        let api = NcclApi::shared().map_err(fail)?;
         let context = Context::primary(ordinal).map_err(fail)?;
         let key = format!("{group}/nccl_unique_id");
         let id = if rank == 0 {
@@ -122,7 +122,7 @@ impl NcclComm {
     /// A communicator of one rank on CUDA device `ordinal`: the NCCL path end to end on one GPU.
     pub fn single(ordinal: usize, timeout: Duration) -> Result<NcclComm, CommError> {
         let fail = |d: String| setup_error(0, 1, d);
-        let api = Arc::new(NcclApi::load().map_err(fail)?);
+        let api = NcclApi::shared().map_err(fail)?;
         let context = Context::primary(ordinal).map_err(fail)?;
         let id = unique_id(&api).map_err(fail)?;
         NcclComm::init(api, context, id, 0, 1, timeout, None)
@@ -138,9 +138,19 @@ impl NcclComm {
         progress: Option<ProgressStore>,
     ) -> Result<NcclComm, CommError> {
         let mut raw: ncclComm_t = std::ptr::null_mut();
+        let deadline = Deadline::arm(
+            timeout,
+            format!(
+                "rank {rank} of {world_size}: NCCL's initialisation did not complete within {} s (a rank \
+                 died or never started); set {} to change the timeout",
+                fomaml_store::format_secs(timeout),
+                super::TIMEOUT_ENV
+            ),
+        );
         // SAFETY: `raw` receives the communicator; the id is NCCL's own bytes. This blocks until
-        // every rank has called it (a rank that never does is the launcher's to stop).
+        // every rank has called it, bounded by the deadline.
         let status = unsafe { (api.comm_init_rank)(&mut raw, world_size as c_int, id, rank as c_int) };
+        drop(deadline);
         if status != SUCCESS {
             let detail =
                 format!("ncclCommInitRank on CUDA device {}: {}", context.ordinal(), api.describe(status, None));
@@ -154,7 +164,7 @@ impl NcclComm {
             move || {
                 let _ = context.make_current();
             },
-            hooks(api.clone(), comm, rank, world_size, progress),
+            hooks(rank, world_size, progress),
         );
         Ok(NcclComm { api, comm, context, rank, world_size, seq: 0, broken: None, watchdog: Some(watchdog) })
     }
@@ -245,8 +255,8 @@ fn unique_id(api: &NcclApi) -> Result<ncclUniqueId, String> {
     Ok(id)
 }
 
-/// Progress through the store; on timeout abort the communicator, report like `main` does, exit 1.
-fn hooks(api: Arc<NcclApi>, comm: Handle, rank: usize, world_size: usize, progress: Option<ProgressStore>) -> Hooks {
+/// Progress through the store; on timeout report like `main` does and exit 1 (see [`die`]).
+fn hooks(rank: usize, world_size: usize, progress: Option<ProgressStore>) -> Hooks {
     let store = progress.map(|p| Arc::new(Mutex::new(p)));
     let writer = store.clone();
     Hooks {
@@ -269,13 +279,7 @@ fn hooks(api: Arc<NcclApi>, comm: Handle, rank: usize, world_size: usize, progre
                 })
                 .collect()
         }),
-        on_timeout: Box::new(move |message| {
-            // SAFETY: ncclCommAbort may be called from another thread to end hung collectives.
-            let _ = unsafe { (api.comm_abort)(comm.raw()) };
-            eprintln!("error: {message}");
-            crate::runtime::write_error_file(&message);
-            std::process::exit(1);
-        }),
+        on_timeout: Box::new(move |message| die(&message)),
     }
 }
 
@@ -380,14 +384,21 @@ impl Communicator for NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
-        // Waits for every enqueued collective before the communicator goes.
+        // Waits for every enqueued collective (bounded by the watchdog's timeout).
         drop(self.watchdog.take());
-        // SAFETY: nothing uses the communicator after this.
-        unsafe {
-            let _ = match self.broken {
-                Some(_) => (self.api.comm_abort)(self.comm.raw()),
-                None => (self.api.comm_destroy)(self.comm.raw()),
-            };
+        // After a failure the communicator is left to the process's end: tearing it down may wait
+        // on ranks that are still inside a collective.
+        if self.broken.is_some() || std::thread::panicking() {
+            return;
         }
+        let (api, comm) = (self.api.clone(), self.comm);
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: nothing uses the communicator after this.
+            let _ = unsafe { (api.comm_destroy)(comm.raw()) };
+            let _ = done.send(());
+        });
+        // A destroy that waits on peers that are gone is abandoned, not waited for.
+        let _ = wait.recv_timeout(Duration::from_secs(30));
     }
 }

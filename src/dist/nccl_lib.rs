@@ -9,6 +9,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclUniqueId};
 use libloading::Library;
@@ -160,6 +161,14 @@ impl NcclApi {
         open()?.api()
     }
 
+    /// The process's one NCCL, loaded on first use and never unloaded: since 2.24 NCCL starts a
+    /// thread per process at the first communicator's initialisation that lives as long as the
+    /// process, so its code must stay mapped.
+    pub fn shared() -> Result<Arc<NcclApi>, String> {
+        static API: OnceLock<Result<Arc<NcclApi>, String>> = OnceLock::new();
+        API.get_or_init(|| NcclApi::load().map(Arc::new)).clone()
+    }
+
     /// "unhandled cuda error (run with NCCL_DEBUG=INFO for details): <NCCL's last message>".
     pub fn describe(&self, status: Status, comm: Option<ncclComm_t>) -> String {
         // SAFETY: both return pointers to static (or per-comm, long-lived) NUL-terminated strings.
@@ -167,8 +176,10 @@ impl NcclApi {
             |p: *const c_char| (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
         let mut out =
             text(unsafe { (self.get_error_string)(status) }).unwrap_or_else(|| format!("NCCL status {status}"));
-        if let (Some(last), Some(comm)) = (self.get_last_error, comm) {
-            if let Some(detail) = text(unsafe { last(comm) }).filter(|d| !d.is_empty()) {
+        // ncclGetLastError ignores its argument in current NCCL; null asks before any communicator.
+        if let Some(last) = self.get_last_error {
+            if let Some(detail) = text(unsafe { last(comm.unwrap_or(std::ptr::null_mut())) }).filter(|d| !d.is_empty())
+            {
                 out.push_str(": ");
                 out.push_str(&detail);
             }

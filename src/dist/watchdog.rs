@@ -9,6 +9,7 @@
 //! restarts the group — torch's TORCH_NCCL_ASYNC_ERROR_HANDLING does the same).
 
 use std::collections::VecDeque;
+use std::ffi::c_int;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -139,6 +140,45 @@ impl Drop for Watchdog {
     }
 }
 
+/// Reports `message` as `main` does (stderr, TORCHELASTIC_ERROR_FILE) and ends the process with
+/// status 1 at once. `_exit`, not `exit`: the main thread may be inside a CUDA call on a hung
+/// stream, and atexit handlers and libtorch's static destructors would wait on it or crash; the
+/// driver releases the device when the process is gone. NCCL is not aborted first: since 2.16 an
+/// abort may wait for the other ranks of the node to abort too.
+pub fn die(message: &str) -> ! {
+    eprintln!("error: {message}");
+    crate::runtime::write_error_file(message);
+    extern "C" {
+        fn _exit(status: c_int) -> !;
+    }
+    // SAFETY: _exit ends the process without running any handler; nothing here needs cleaning up.
+    unsafe { _exit(1) }
+}
+
+/// Ends the process with a message unless dropped within the timeout: a bound on blocking calls
+/// that have no timeout of their own (NCCL's initialisation waits for every rank).
+pub struct Deadline {
+    disarm: Sender<()>,
+}
+
+impl Deadline {
+    pub fn arm(timeout: Duration, message: String) -> Deadline {
+        let (disarm, rx) = channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
+                die(&message);
+            }
+        });
+        Deadline { disarm }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        let _ = self.disarm.send(());
+    }
+}
+
 /// "ranks 2,3 are behind (last completed: rank 0 #57, rank 1 #56, rank 2 #41, rank 3 none): they
 /// died, hang, or called a different collective".
 pub fn behind_phrase(seq: u64, progress: &[Option<u64>]) -> String {
@@ -248,6 +288,37 @@ mod tests {
         let message = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(message.contains("failed on the device: CUDA_ERROR_LAUNCH_FAILED"), "{message}");
         assert!(message.contains("every rank reached it"), "{message}");
+    }
+
+    /// Run by `a_deadline_that_passes_ends_the_process_with_its_message` in a child process.
+    #[test]
+    fn deadline_child() {
+        if std::env::var_os("FOMAML_DEADLINE_CHILD").is_none() {
+            return;
+        }
+        let _never_disarmed = Deadline::arm(Duration::from_millis(50), "initialisation hung".into());
+        std::thread::sleep(Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_deadline_that_passes_ends_the_process_with_its_message() {
+        let disarmed = Deadline::arm(Duration::from_millis(50), "must not fire".into());
+        drop(disarmed);
+        std::thread::sleep(Duration::from_millis(150));
+
+        let dir = tempfile::tempdir().unwrap();
+        let error_file = dir.path().join("error.json");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dist::watchdog::tests::deadline_child", "--nocapture", "--test-threads=1"])
+            .env("FOMAML_DEADLINE_CHILD", "1")
+            .env("TORCHELASTIC_ERROR_FILE", &error_file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error: initialisation hung"), "{stderr}");
+        let written = std::fs::read_to_string(&error_file).unwrap();
+        assert!(written.contains("initialisation hung"), "{written}");
     }
 
     #[test]

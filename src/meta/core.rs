@@ -68,13 +68,15 @@ impl Learner {
             let c = comm.borrow();
             (c.rank(), c.world_size())
         };
-        let layers = self.cfg.num_hidden_layers;
+        let (layers, device) = (self.cfg.num_hidden_layers, self.device);
         let shard_all = |names: &[String], tensors: &[Tensor]| {
             let shapes: Vec<(String, Vec<i64>)> = names.iter().cloned().zip(tensors.iter().map(Tensor::size)).collect();
             let layout = Layout::new(layers, &shapes).expect("every parameter of the decoder belongs to a unit");
             let by_name = |n: &str| tensors[names.iter().position(|m| m == n).expect("listed name")].detach();
-            let shards =
-                (0..layout.units.len()).map(|u| layout.shard_of(u, &layout.flatten(u, by_name), world, rank)).collect();
+            // A unit with no parameters (the embeddings under LoRA) is an empty buffer, which must
+            // still live on the device: the gradient norm stacks every unit's.
+            let shard = |u| layout.shard_of(u, &layout.flatten(u, by_name), world, rank).to_device(device);
+            let shards = (0..layout.units.len()).map(shard).collect();
             (layout, shards)
         };
         let (layout, shards) = shard_all(&self.names, &self.params);
@@ -84,6 +86,7 @@ impl Learner {
             let (layout, shards) = shard_all(&names, &tensors);
             (Frozen { layout, shards }, lora)
         });
+        debug_assert!(shards.iter().all(|t| t.device() == device), "a shard left the learner's device");
         self.names = (0..layout.units.len()).map(|u| format!("unit.{u}")).collect();
         self.params = shards;
         let (frozen, scale) = match lora {
