@@ -185,8 +185,7 @@ impl SftBatch {
 
     /// Positions the loss scores (those whose next token is in the loss mask).
     pub fn scored_tokens(&self) -> i64 {
-        let w = self.host.width;
-        self.host.loss.chunks(w.max(1)).map(|r| r.iter().skip(1).filter(|&&m| m != 0).count() as i64).sum()
+        self.scored_positions.size()[0]
     }
 
     /// Rows `start..start + len`, cut to the longest real sequence among them (the columns after
@@ -196,16 +195,14 @@ impl SftBatch {
         let longest = self.host.real[from..to].iter().copied().max().unwrap_or(0);
         let width = longest.max(1).min(self.input_ids.size()[1]);
         let cut = |t: &Tensor| t.narrow(0, start, len).narrow(1, 0, width);
-        let w = self.host.width;
-        let (width_u, rows) = (width as usize, from..to);
-        let loss: Vec<i64> =
-            rows.clone().flat_map(|r| self.host.loss[r * w..r * w + width_u].iter().copied()).collect();
-        let attention: Vec<i64> =
-            rows.flat_map(|r| (0..width_u).map(move |t| i64::from((t as i64) < self.host.real[r]))).collect();
-        let mut host = HostView::new(&attention, loss, width_u);
-        // Real tokens per row are what the parent counted (a row's padding is all cut or all kept).
-        host.real = self.host.real[from..to].to_vec();
-        host.right_padded = self.host.right_padded;
+        let (w, cut_w) = (self.host.width, width as usize);
+        // Only padding columns are cut, so the rows keep their real tokens and their shape.
+        let host = HostView {
+            width: cut_w,
+            real: self.host.real[from..to].to_vec(),
+            loss: (from..to).flat_map(|r| self.host.loss[r * w..r * w + cut_w].iter().copied()).collect(),
+            right_padded: self.host.right_padded,
+        };
         let device = self.input_ids.device();
         SftBatch {
             input_ids: cut(&self.input_ids),

@@ -300,11 +300,6 @@ impl Learner {
     }
 }
 
-/// Non-padding tokens of a batch (what tokens/s counts).
-pub fn batch_tokens(batch: &SftBatch) -> i64 {
-    batch.tokens()
-}
-
 /// Zeroes update-direction buffers before an algorithm fills them.
 pub fn zero_(buffers: &[Tensor]) {
     for b in buffers {
@@ -392,7 +387,7 @@ pub fn adapt_with(
         let batch = batch.as_ref().expect("drawn at step 0");
         let (loss, grads) = learner.loss_and_grads(batch)?;
         out.support_losses.push(loss);
-        out.tokens += batch_tokens(batch);
+        out.tokens += batch.tokens();
         optimizer.step(learner, &grads);
     }
     Ok(out)

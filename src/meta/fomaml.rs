@@ -6,7 +6,7 @@
 //!     θ′ ← θ                               restored bit for bit
 //! g = mean_i g_i                           (clipped and applied by the outer optimizer)
 
-use super::core::{accumulate, adapt, batch_tokens, zero_, Learner};
+use super::core::{accumulate, adapt, zero_, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -40,7 +40,7 @@ pub fn meta_gradient(
             name: task.name.clone(),
             support_loss: inner.support_losses.pop(),
             query_loss: Some(query_loss),
-            tokens: inner.tokens + batch_tokens(&query),
+            tokens: inner.tokens + query.tokens(),
         });
     }
     Ok(resolve(pending))

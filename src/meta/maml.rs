@@ -12,7 +12,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, batch_tokens, zero_, Learner};
+use super::core::{accumulate, zero_, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -37,14 +37,14 @@ pub fn meta_gradient(
             let batch = support.as_ref().expect("drawn at step 0");
             let loss = learner.loss_at(&fast, batch);
             outcome.support_loss = Some(loss.detach());
-            outcome.tokens += batch_tokens(batch);
+            outcome.tokens += batch.tokens();
             let grads = Tensor::run_backward(&[&loss], &fast, true, true);
             fast = fast.iter().zip(&grads).map(|(w, g)| w - g * meta.inner_lr).collect();
         }
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let query_loss = learner.loss_at(&fast, &query);
         outcome.query_loss = Some(query_loss.detach());
-        outcome.tokens += batch_tokens(&query);
+        outcome.tokens += query.tokens();
         accumulate(meta_grad, &learner.gradients(&query_loss), scale);
         pending.push(outcome);
     }

@@ -10,7 +10,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, batch_tokens, zero_, Learner};
+use super::core::{accumulate, zero_, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection, OptimizerType};
 use crate::data::tasks::{Split, TaskData};
@@ -41,7 +41,7 @@ pub fn meta_gradient(
             let batch = support.as_ref().expect("drawn at step 0");
             let (loss, grads) = learner.loss_and_grads(batch)?;
             outcome.support_loss = Some(loss.detach());
-            outcome.tokens += batch_tokens(batch);
+            outcome.tokens += batch.tokens();
             learner.clip_grad_norm(&grads, optim.clip_grad)?;
             inner.step(learner.params(), &grads, 1.0);
         }
@@ -49,7 +49,7 @@ pub fn meta_gradient(
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (query_loss, grads) = learner.loss_and_grads(&query)?;
         outcome.query_loss = Some(query_loss.detach());
-        outcome.tokens += batch_tokens(&query);
+        outcome.tokens += query.tokens();
         accumulate(meta_grad, &grads, scale);
         learner.restore(&shared);
         pending.push(outcome);

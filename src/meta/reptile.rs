@@ -11,7 +11,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, adapt_with, batch_tokens, zero_, InnerOptimizer, Learner};
+use super::core::{accumulate, adapt_with, zero_, InnerOptimizer, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
@@ -48,7 +48,7 @@ pub fn direction(
             name: task.name.clone(),
             support_loss: adaptation.support_losses.pop(),
             query_loss: Some(query_loss),
-            tokens: adaptation.tokens + batch_tokens(&query),
+            tokens: adaptation.tokens + query.tokens(),
         });
     }
     Ok(resolve(pending))

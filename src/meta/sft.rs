@@ -2,7 +2,7 @@
 //! passes as a FOMAML meta-step (K support batches and one query batch per task), but every
 //! gradient is taken at θ, with no adaptation; their mean is the update direction.
 
-use super::core::{accumulate, batch_tokens, zero_, Learner};
+use super::core::{accumulate, zero_, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -29,13 +29,13 @@ pub fn gradient(
             let batch = support_batch.as_ref().expect("drawn at step 0");
             let (loss, grads) = learner.loss_and_grads(batch)?;
             outcome.support_loss = Some(loss.detach());
-            outcome.tokens += batch_tokens(batch);
+            outcome.tokens += batch.tokens();
             accumulate(grad, &grads, scale);
         }
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (loss, grads) = learner.loss_and_grads(&query)?;
         outcome.query_loss = Some(loss.detach());
-        outcome.tokens += batch_tokens(&query);
+        outcome.tokens += query.tokens();
         accumulate(grad, &grads, scale);
         pending.push(outcome);
     }

@@ -81,10 +81,11 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(config: Config) -> Result<Self> {
         let env = DistEnv::from_env()?;
+        // Before the rendezvous: a bad setting must not wait for the other ranks.
+        setup::check(&config, env.as_ref().map_or(1, |e| e.world_size))?;
         let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
         let device = device_for_rank(&config.trainer.device, local_rank).context("trainer.device")?;
         let dist = Dist::join(env.as_ref(), device, config.trainer.backend)?;
-        setup::check(&config, dist.world_size)?;
         let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config, device)?;
         let sharded = dist.world_size > 1 || config.trainer.sharding == Sharding::Fsdp;
         let learner = if sharded { learner.shard(dist.comm.clone()) } else { learner };

@@ -13,9 +13,9 @@ use crate::meta::core::Learner;
 use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
 use crate::model::{load_weights, LoraConfig, ModelConfig};
 
-/// Settings that would fail later, refused up front with the key that is wrong.
 const LOGGERS: [&str; 3] = ["console", "jsonl", "tensorboard"];
 
+/// Settings that would fail later, refused up front with the key that is wrong.
 pub fn check(config: &Config, world_size: usize) -> Result<()> {
     let meta = &config.meta;
     if config.model.partial_pretrain.is_empty() {
