@@ -149,6 +149,7 @@ fn nccl_for_a_cpu_model_is_refused_by_name() {
     let spec = SyntheticSpec { train_tasks: 2, eval_tasks: 0, support: 4, query: 4, test: 0, seed: 1 };
     let run = synthetic_run(&spec);
     let mut c = run.config.clone();
+    c.meta.meta_batch_size = 2;
     c.trainer.backend = Backend::Nccl;
     let e = format!("{:#}", Trainer::new(c).err().expect("NCCL on a CPU model was accepted"));
     assert!(e.contains("trainer.backend: nccl"), "{e}");
