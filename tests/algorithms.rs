@@ -11,7 +11,7 @@ use fomaml::data::sft::SftBatch;
 use fomaml::data::synthetic::SyntheticSpec;
 use fomaml::data::tasks::{Encoding, Split, TaskData};
 use fomaml::data::ChatTokenizer;
-use fomaml::meta::core::Learner;
+use fomaml::meta::core::{InnerRule, Learner};
 use fomaml::meta::loss::sft_loss;
 use fomaml::meta::reptile;
 use fomaml::metrics::{read_jsonl, Record};
@@ -215,4 +215,79 @@ fn second_order_attention_matches_the_fused_kernel() {
     let reference = sft_loss(&scored, &batch.input_ids, &batch.loss_mask).double_value(&[]);
     println!("fused {fused}, math {math}, explicit-mask logits {reference}");
     assert!((fused - math).abs() < 1e-10 && (fused - reference).abs() < 1e-10);
+}
+
+/// The inner rules each algorithm adapts with (in training and in `fomaml eval`), one step each
+/// against its formula: clipped SGD moves θ by −α·g·min(1, c/(‖g‖ + 1e-6)) (torch's clipping); Adam's first step from fresh
+/// state (bias-corrected m̂ = g, v̂ = g²) moves it by −α·g/(|g| + ε) after AdamW's decay θ·(1 − α·λ).
+/// In fp64.
+#[test]
+fn inner_rules_take_the_steps_their_formulas_give() {
+    let spec = SyntheticSpec { train_tasks: 1, eval_tasks: 0, support: 6, query: 6, test: 0, seed: 3 };
+    let mut run = synthetic_run(&spec);
+    let dir = Path::new(&run.config.model.partial_pretrain);
+    let cfg = ModelConfig::from_dir(dir).unwrap();
+    let tokenizer = ChatTokenizer::from_dir(dir).unwrap();
+    let weights = load_weights(dir, &cfg, Kind::Float, Device::Cpu).unwrap();
+    let learner = Learner::new(cfg, weights, Device::Cpu, Kind::Double, tokenizer.pad_id);
+    let encoding = Encoding::new(&tokenizer, &run.config.data);
+    let task = TaskData::load(&run.config.meta.tasks[0], &encoding, &run.config.data, 1, 0, 1).unwrap();
+    let batch =
+        SftBatch::collate(&task.examples(Split::Support).iter().collect::<Vec<_>>(), tokenizer.pad_id, Device::Cpu);
+
+    // Which rule each algorithm trains with.
+    let (meta, optim) = (&mut run.config.meta, &mut run.config.optim);
+    (optim.clip_grad, optim.weight_decay, meta.inner_lr) = (0.5, 0.1, 1e-2);
+    meta.algorithm = Algorithm::Fomaml;
+    let fomaml = InnerRule::of(meta, optim);
+    assert_eq!((fomaml.optimizer, fomaml.clip_grad), (InnerOptimizerType::Sgd, None));
+    (meta.algorithm, meta.inner_optimizer) = (Algorithm::Reptile, InnerOptimizerType::Adam);
+    let reptile_adam = InnerRule::of(meta, optim);
+    assert_eq!(
+        (reptile_adam.optimizer, reptile_adam.clip_grad, reptile_adam.adam.weight_decay),
+        (InnerOptimizerType::Adam, None, 0.0)
+    );
+    meta.algorithm = Algorithm::MetaLora;
+    let meta_lora = InnerRule::of(meta, optim);
+    assert_eq!((meta_lora.optimizer, meta_lora.clip_grad), (InnerOptimizerType::Adam, Some(0.5)));
+    assert_eq!((meta_lora.lr, meta_lora.adam.weight_decay), (1e-2, 0.1));
+
+    let step = |rule: &InnerRule| {
+        let theta = learner.snapshot();
+        let (_, grads) = learner.loss_and_grads(&batch).unwrap();
+        let original: Vec<Tensor> = grads.iter().map(Tensor::copy).collect();
+        rule.start(&learner).step(&learner, &grads).unwrap();
+        let moved: Vec<Tensor> = learner.params().iter().zip(&theta).map(|(p, t)| p.detach() - t).collect();
+        learner.restore(&theta);
+        (theta, original, moved)
+    };
+    let norm = |g: &[Tensor]| g.iter().map(|t| t.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+
+    // θ + Δ − θ is off by up to an ulp of θ per element, which matters where Δ is tiny next to θ.
+    let same_step = |rule: &str, moved: &Tensor, expected: &Tensor, theta: &Tensor| {
+        let off = (moved - expected).norm().double_value(&[]);
+        let allowed = 1e-10 * expected.norm().double_value(&[]) + 2.3e-16 * theta.norm().double_value(&[]);
+        assert!(off <= allowed, "{rule}: off by {off}, allowed {allowed}");
+    };
+
+    let (theta, g, moved) = step(&fomaml);
+    for ((m, g), t) in moved.iter().zip(&g).zip(&theta) {
+        same_step("SGD", m, &(g * -1e-2), t);
+    }
+
+    let max_norm = 0.25 * norm(&g);
+    let (theta, g, moved) = step(&InnerRule { clip_grad: Some(max_norm), ..InnerRule::sgd(1e-2) });
+    let clipped = max_norm / (norm(&g) + 1e-6);
+    for ((m, g), t) in moved.iter().zip(&g).zip(&theta) {
+        same_step("clipped SGD", m, &(g * (-1e-2 * clipped)), t);
+    }
+
+    let (theta, g, moved) = step(&meta_lora);
+    let scale = (0.5 / (norm(&g) + 1e-6)).min(1.0);
+    assert!(scale < 1.0, "the test must clip");
+    let eps = meta_lora.adam.eps;
+    for ((m, g), t) in moved.iter().zip(&g).zip(&theta) {
+        let g = g * scale;
+        same_step("META-LoRA's AdamW", m, &(t * (-1e-2 * 0.1) - (&g / (g.abs() + eps)) * 1e-2), t);
+    }
 }

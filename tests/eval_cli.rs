@@ -35,7 +35,9 @@ fn eval_writes_the_seeds_layout_repeatably_and_compare_reads_it() {
     };
     let a = run.path().join("a.json");
     let shown = eval(&a, &[]);
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("| task | shots | loss | accuracy |"));
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(stdout.contains("| task | shots | loss | accuracy |"), "{stdout}");
+    assert!(stdout.contains(" steps of SGD, lr "), "FOMAML's inner loop: {stdout}");
     let json: Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
     let tasks = json.as_object().unwrap();
     assert_eq!(tasks.len(), 2, "the held-out tasks");
@@ -63,6 +65,19 @@ fn eval_writes_the_seeds_layout_repeatably_and_compare_reads_it() {
     let b = run.path().join("b.json");
     eval(&b, &[]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // Another adaptation optimizer, other adapted losses; the 0-shot row is untouched.
+    let adam = run.path().join("adam.json");
+    let shown = eval(&adam, &["--inner-optimizer", "adam"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("steps of Adam (fresh state)"));
+    let (sgd, adam): (Value, Value) = (
+        serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap(),
+        serde_json::from_slice(&std::fs::read(&adam).unwrap()).unwrap(),
+    );
+    for task in sgd.as_object().unwrap().keys() {
+        assert_eq!(sgd[task]["0"], adam[task]["0"], "{task}");
+        assert_ne!(sgd[task]["4"]["loss_mean"], adam[task]["4"]["loss_mean"], "{task}");
+    }
 
     let same = fomaml().arg("compare").args([&a, &b]).output().unwrap();
     let table = String::from_utf8_lossy(&same.stdout);

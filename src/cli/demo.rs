@@ -21,7 +21,7 @@ use crate::data::ChatTokenizer;
 use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, TaskResults};
 use crate::eval::generate::GenerationConfig;
 use crate::eval::{adaptation_curve, SplitScore};
-use crate::meta::core::Learner;
+use crate::meta::core::{InnerRule, Learner};
 use crate::model::{load_weights, ModelConfig, Weights};
 use crate::report::{write_report, MethodInput};
 use crate::train::{checkpoint_weights, Trainer};
@@ -125,8 +125,10 @@ struct Evaluation {
 
 /// Mean score over tasks at each of `SHOWN_STEPS`.
 fn mean_curve(learner: &Learner, tasks: &[TaskData], split: Split, lr: f64, batch: usize) -> Result<Vec<SplitScore>> {
-    let curves: Vec<Vec<SplitScore>> =
-        tasks.iter().map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, lr, batch, split)).collect::<Result<_, _>>()?;
+    let curves: Vec<Vec<SplitScore>> = tasks
+        .iter()
+        .map(|t| adaptation_curve(learner, t, &SHOWN_STEPS, &InnerRule::sgd(lr), batch, split))
+        .collect::<Result<_, _>>()?;
     Ok((0..SHOWN_STEPS.len())
         .map(|i| {
             let n = curves.len().max(1) as f64;
@@ -177,7 +179,7 @@ fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Re
         let settings = FewShotSettings {
             shots: FEWSHOT_SHOTS.to_vec(),
             runs: 3,
-            lr: chosen.lr,
+            inner: InnerRule::sgd(chosen.lr),
             steps: config.meta.num_inner_steps,
             batch_size: batch,
             seed: config.trainer.seed,

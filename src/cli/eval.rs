@@ -9,13 +9,14 @@ use tch::{Device, Kind};
 
 use crate::checkpoint::{self, shards::params_by_name};
 use crate::cli::parse_device;
+use crate::config::schema::InnerOptimizerType;
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
 use crate::eval::compare::paired_bootstrap;
 use crate::eval::fewshot::{evaluate_task, from_json, to_json, FewShotSettings, TaskResults};
 use crate::eval::generate::GenerationConfig;
-use crate::meta::core::Learner;
+use crate::meta::core::{InnerRule, Learner};
 use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
 use crate::train::setup::compute_kind;
 
@@ -37,10 +38,15 @@ pub struct EvalArgs {
     /// Evaluate only these tasks (default: meta.eval_tasks, else the training tasks with a test split).
     #[arg(long, num_args = 1..)]
     pub eval_tasks: Vec<String>,
+    /// Adaptation optimizer, fresh each run (default: the one the algorithm meta-trained with:
+    /// AdamW with gradient clipping for meta_lora, meta.inner_optimizer otherwise). Only the
+    /// optimizer changes: the learning rate and clipping stay the algorithm's.
+    #[arg(long, value_enum)]
+    pub inner_optimizer: Option<InnerOptimizerType>,
     /// Adaptation learning rate (default: meta.inner_lr).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Adaptation SGD steps (default: meta.num_inner_steps).
+    /// Adaptation steps (default: meta.num_inner_steps).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Rows per adaptation and scoring batch (default: meta.inner_batch_size).
@@ -131,10 +137,13 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         bail!("nothing to evaluate: meta.eval_tasks is empty and no training task has a test split");
     }
 
+    let mut inner = InnerRule::of(meta, &config.optim);
+    inner.optimizer = args.inner_optimizer.unwrap_or(inner.optimizer);
+    inner.lr = args.lr.unwrap_or(inner.lr);
     let settings = FewShotSettings {
         shots: args.n_shots.clone(),
         runs: args.n_runs,
-        lr: args.lr.unwrap_or(meta.inner_lr),
+        inner,
         steps: args.steps.unwrap_or(meta.num_inner_steps),
         batch_size: args.batch_size.unwrap_or(meta.inner_batch_size),
         seed: args.seed.unwrap_or(config.trainer.seed),
@@ -145,6 +154,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         },
         max_items: args.max_items,
     };
+    println!(
+        "adapting on the shots: {} steps of {}, batches of up to {} rows",
+        settings.steps, settings.inner, settings.batch_size
+    );
     let runs_per_task: usize = args.n_shots.iter().map(|&n| if n == 0 { 1 } else { args.n_runs.max(1) }).sum();
     let bar = ProgressBar::new((runs_per_task * tasks.len()) as u64);
     bar.set_style(

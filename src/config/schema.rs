@@ -26,7 +26,7 @@ pub enum OptimizerType {
 }
 
 /// The inner loop's optimizer (Reptile may use Adam; FOMAML is defined with SGD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum InnerOptimizerType {
     Sgd,

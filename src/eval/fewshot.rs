@@ -1,5 +1,6 @@
 //! Few-shot evaluation (`fomaml eval`): for each task and each number of shots n, over several runs,
-//! draw n shots from the task's support pool, adapt θ on them with the inner loop's SGD, then score
+//! draw n shots from the task's support pool, adapt θ on them with the inner loop's rule (the
+//! optimizer, learning rate and clipping the algorithm meta-trained with, by default), then score
 //! the task's evaluation items — their teacher-forced loss, and the accuracy of the adapted model's
 //! greedy generations judged by [`answer::is_correct`] — and restore θ.
 //!
@@ -19,14 +20,14 @@ use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
 use crate::data::ChatTokenizer;
-use crate::meta::core::Learner;
+use crate::meta::core::{InnerRule, Learner};
 
 #[derive(Debug, Clone)]
 pub struct FewShotSettings {
     pub shots: Vec<usize>,
     pub runs: usize,
-    /// SGD learning rate and steps of the adaptation (the inner loop's by default).
-    pub lr: f64,
+    /// How θ adapts to the shots, with fresh optimizer state each run, and for how many steps.
+    pub inner: InnerRule,
     pub steps: usize,
     /// Rows per adaptation batch (fewer when there are fewer shots) and per scoring batch.
     pub batch_size: usize,
@@ -151,10 +152,11 @@ pub fn evaluate_task(
             let theta = learner.snapshot();
             let shots = draw_shots(pool.len(), n, settings.seed, &task.name, run);
             let batch = settings.batch_size.clamp(1, n.max(1));
+            let mut optimizer = settings.inner.start(learner);
             for step in 0..if n == 0 { 0 } else { settings.steps } {
                 let rows: Vec<&EncodedExample> = (0..batch).map(|i| &pool[shots[(step * batch + i) % n]]).collect();
                 let (_, grads) = learner.loss_and_grads(&SftBatch::collate(&rows, learner.pad_id, learner.device))?;
-                learner.sgd_(&grads, settings.lr);
+                optimizer.step(learner, &grads)?;
             }
             let loss = score_split(learner, items, settings.batch_size)?.loss;
             let correct = correct_answers(learner, tokenizer, items, settings)?;

@@ -1,5 +1,5 @@
-//! Few-shot evaluation: adapt on a task's support set with plain SGD, as the inner loop does, and
-//! measure the loss on another split at chosen numbers of steps. Gradients are computed (the
+//! Few-shot evaluation: adapt on a task's support set as the inner loop does (its [`InnerRule`]),
+//! and measure the loss on another split at chosen numbers of steps. Gradients are computed (the
 //! Python original ran this under no_grad and crashed, DESIGN.md trap 3) and θ is restored after.
 //!
 //! Support batches are taken in file order, cycling, so an evaluation is deterministic and never
@@ -15,7 +15,7 @@ use tch::Tensor;
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::CommError;
-use crate::meta::core::Learner;
+use crate::meta::core::{InnerRule, Learner};
 use crate::meta::loss::masked_nll_sum;
 
 /// A split's score at the current θ.
@@ -56,13 +56,13 @@ fn exact_matches(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -> i64
     wrong.any_dim(1, false).logical_not().sum(tch::Kind::Int64).int64_value(&[])
 }
 
-/// The `eval_split` score after each number of SGD steps in `at_steps` (ascending; 0 = before
-/// any adaptation), adapting on support batches of `batch_size` at learning rate `lr`.
+/// The `eval_split` score after each number of inner steps in `at_steps` (ascending; 0 = before
+/// any adaptation), adapting by `rule` (fresh optimizer state) on support batches of `batch_size`.
 pub fn adaptation_curve(
     learner: &Learner,
     task: &TaskData,
     at_steps: &[usize],
-    lr: f64,
+    rule: &InnerRule,
     batch_size: usize,
     eval_split: Split,
 ) -> Result<Vec<SplitScore>, CommError> {
@@ -71,6 +71,7 @@ pub fn adaptation_curve(
     let target = task.examples(eval_split);
     let last = at_steps.iter().copied().max().unwrap_or(0);
     let mut losses = Vec::with_capacity(at_steps.len());
+    let mut optimizer = rule.start(learner);
     for step in 0..=last {
         if at_steps.contains(&step) {
             losses.push(score_split(learner, target, batch_size)?);
@@ -82,7 +83,7 @@ pub fn adaptation_curve(
             (0..batch_size).map(|i| &support[(step * batch_size + i) % support.len()]).collect();
         let batch = SftBatch::collate(&batch, learner.pad_id, learner.device);
         let (_, grads) = learner.loss_and_grads(&batch)?;
-        learner.sgd_(&grads, lr);
+        optimizer.step(learner, &grads)?;
     }
     learner.restore(&theta);
     Ok(losses)

@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::schema::{InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
+use crate::config::schema::{Algorithm, InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
 use crate::data::sft::SftBatch;
 use crate::data::tasks::{Split, TaskData};
 use crate::dist::fsdp::{Frozen, Fsdp, Layout, SharedComm};
@@ -316,9 +316,11 @@ pub fn accumulate(acc: &[Tensor], grads: &[Tensor], scale: f64) {
     }
 }
 
-/// A 0-dim fp32 CPU tensor: PyTorch takes it as a scalar operand on any device.
+/// A 0-dim CPU tensor: PyTorch takes it as a scalar operand on any device, in the other
+/// operand's dtype. fp64, so fp64 masters (numerical checks) get the step size unrounded; fp32
+/// masters round it exactly as an fp32 scalar would.
 fn cpu_scalar(value: f64) -> Tensor {
-    Tensor::scalar_tensor(value, (Kind::Float, Device::Cpu))
+    Tensor::scalar_tensor(value, (Kind::Double, Device::Cpu))
 }
 
 /// What the inner loop did on one task.
@@ -329,30 +331,92 @@ pub struct Adaptation {
     pub tokens: i64,
 }
 
-/// How the inner loop updates θ′: plain SGD (MAML's definition) or Adam with fresh state per task
-/// (an option of Reptile).
-pub enum InnerOptimizer {
+/// How the inner loop adapts θ to one task: its optimizer, step size and gradient clipping.
+/// Training and `fomaml eval` build it from the same settings, so a checkpoint is evaluated with
+/// the inner loop it was meta-trained for.
+#[derive(Debug, Clone)]
+pub struct InnerRule {
+    pub optimizer: InnerOptimizerType,
+    pub lr: f64,
+    /// Each inner gradient is clipped to this global L2 norm first (META-LoRA's stage 1).
+    pub clip_grad: Option<f64>,
+    /// Adam's betas, eps and weight decay, when `optimizer` is Adam.
+    pub adam: OptimSection,
+}
+
+impl InnerRule {
+    /// Plain SGD at `lr`, unclipped: MAML's definition of the inner loop.
+    pub fn sgd(lr: f64) -> Self {
+        let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..OptimSection::default() };
+        Self { optimizer: InnerOptimizerType::Sgd, lr, clip_grad: None, adam }
+    }
+
+    /// The inner loop `meta.algorithm` trains with. META-LoRA: AdamW with the outer optimizer's
+    /// betas and weight decay, gradients clipped to `optim.clip_grad`. Every other algorithm:
+    /// `meta.inner_optimizer`, SGD or Adam without weight decay (Reptile's option), unclipped.
+    pub fn of(meta: &MetaSection, optim: &OptimSection) -> Self {
+        let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..optim.clone() };
+        if meta.algorithm == Algorithm::MetaLora {
+            let clip_grad = (optim.clip_grad > 0.0).then_some(optim.clip_grad);
+            return Self { optimizer: InnerOptimizerType::Adam, lr: meta.inner_lr, clip_grad, adam };
+        }
+        let adam = OptimSection { weight_decay: 0.0, ..adam };
+        Self { optimizer: meta.inner_optimizer, lr: meta.inner_lr, clip_grad: None, adam }
+    }
+
+    /// The optimizer for one task, with fresh state.
+    pub fn start(&self, learner: &Learner) -> InnerOptimizer {
+        let update = match self.optimizer {
+            InnerOptimizerType::Sgd => InnerUpdate::Sgd { lr: self.lr },
+            InnerOptimizerType::Adam => InnerUpdate::Adam(Optimizer::new(&self.adam, self.lr, learner.params())),
+        };
+        InnerOptimizer { update, clip_grad: self.clip_grad }
+    }
+}
+
+impl std::fmt::Display for InnerRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.optimizer {
+            InnerOptimizerType::Sgd => write!(f, "SGD, lr {}", self.lr)?,
+            InnerOptimizerType::Adam => {
+                let [b1, b2] = self.adam.betas;
+                write!(
+                    f,
+                    "Adam (fresh state), lr {}, betas ({b1}, {b2}), weight decay {}",
+                    self.lr, self.adam.weight_decay
+                )?
+            }
+        }
+        match self.clip_grad {
+            Some(max) => write!(f, ", gradients clipped to norm {max}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An [`InnerRule`] at work on one task.
+pub struct InnerOptimizer {
+    update: InnerUpdate,
+    clip_grad: Option<f64>,
+}
+
+enum InnerUpdate {
     Sgd { lr: f64 },
     Adam(Optimizer),
 }
 
 impl InnerOptimizer {
-    /// The optimizer `meta.inner_optimizer` names, fresh for one task.
-    pub fn for_task(meta: &MetaSection, optim: &OptimSection, learner: &Learner) -> Self {
-        match meta.inner_optimizer {
-            InnerOptimizerType::Sgd => InnerOptimizer::Sgd { lr: meta.inner_lr },
-            InnerOptimizerType::Adam => {
-                let adam = OptimSection { optimizer_type: OptimizerType::AdamW, weight_decay: 0.0, ..optim.clone() };
-                InnerOptimizer::Adam(Optimizer::new(&adam, meta.inner_lr, learner.params()))
-            }
+    /// One inner step of θ along `grads` (clipped first when the rule says so, which scales
+    /// `grads` in place).
+    pub fn step(&mut self, learner: &Learner, grads: &[Tensor]) -> Result<(), CommError> {
+        if let Some(max_norm) = self.clip_grad {
+            learner.clip_grad_norm(grads, max_norm)?;
         }
-    }
-
-    fn step(&mut self, learner: &Learner, grads: &[Tensor]) {
-        match self {
-            InnerOptimizer::Sgd { lr } => learner.sgd_(grads, *lr),
-            InnerOptimizer::Adam(adam) => adam.step(learner.params(), grads, 1.0),
+        match &mut self.update {
+            InnerUpdate::Sgd { lr } => learner.sgd_(grads, *lr),
+            InnerUpdate::Adam(adam) => adam.step(learner.params(), grads, 1.0),
         }
+        Ok(())
     }
 }
 
@@ -366,7 +430,7 @@ pub fn adapt(
     batch_size: usize,
     fresh_batches: bool,
 ) -> Result<Adaptation, CommError> {
-    adapt_with(learner, task, steps, batch_size, fresh_batches, &mut InnerOptimizer::Sgd { lr })
+    adapt_with(learner, task, steps, batch_size, fresh_batches, &mut InnerRule::sgd(lr).start(learner))
 }
 
 /// [`adapt`] with any inner optimizer.
@@ -388,7 +452,7 @@ pub fn adapt_with(
         let (loss, grads) = learner.loss_and_grads(batch)?;
         out.support_losses.push(loss);
         out.tokens += batch.tokens();
-        optimizer.step(learner, &grads);
+        optimizer.step(learner, &grads)?;
     }
     Ok(out)
 }

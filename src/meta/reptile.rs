@@ -11,7 +11,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, adapt_with, zero_, InnerOptimizer, Learner};
+use super::core::{accumulate, adapt_with, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
@@ -27,16 +27,16 @@ pub fn direction(
     zero_(direction);
     let theta = learner.snapshot();
     let scale = 1.0 / tasks.len() as f64;
+    let rule = InnerRule::of(meta, optim);
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut inner = InnerOptimizer::for_task(meta, optim, learner);
         let mut adaptation = adapt_with(
             learner,
             task,
             meta.num_inner_steps,
             meta.inner_batch_size,
             meta.fresh_support_batch_per_step,
-            &mut inner,
+            &mut rule.start(learner),
         )?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let query_loss = learner.loss_value(&query)?;

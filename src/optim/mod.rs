@@ -52,10 +52,12 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
     norm
 }
 
-/// Σ‖g‖² over `grads`, an fp32 scalar (sharded callers sum it over ranks before the root).
+/// Σ‖g‖² over `grads`, an fp32 scalar, fp64 for fp64 gradients (numerical checks); sharded callers
+/// sum it over ranks before the root.
 pub fn squared_norm(grads: &[Tensor]) -> Tensor {
-    let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
-    Tensor::stack(&squares, 0).sum(Kind::Float)
+    let kind = if grads.iter().any(|g| g.kind() == Kind::Double) { Kind::Double } else { Kind::Float };
+    let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(kind).square().sum(kind)).collect();
+    Tensor::stack(&squares, 0).sum(kind)
 }
 
 /// Scales `grads` by max_norm / (norm + 1e-6) when that is below 1 (torch's rule).

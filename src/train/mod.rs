@@ -26,7 +26,7 @@ use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
 use crate::dist::{cuda, CommError, Dist, DistEnv};
 use crate::eval::{adaptation_curve, SplitScore};
-use crate::meta::core::Learner;
+use crate::meta::core::{InnerRule, Learner};
 use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};
 use crate::metrics::{MetricSink, Record};
 use crate::optim::{Optimizer, Schedule};
@@ -268,14 +268,15 @@ impl Trainer {
         }
     }
 
-    /// Few-shot evaluation: each target task adapted with the inner loop's K and α, its loss
+    /// Few-shot evaluation: each target task adapted as the inner loop adapts (K steps of its rule), its loss
     /// and exact match before and after; θ restored.
     fn evaluate(&self) -> Result<Vec<(String, f64)>, CommError> {
         let meta = &self.config.meta;
         let steps = [0, meta.num_inner_steps];
+        let rule = InnerRule::of(meta, &self.config.optim);
         let mut curves = Vec::new();
         for (task, split) in &self.eval_tasks {
-            let curve = adaptation_curve(&self.learner, task, &steps, meta.inner_lr, meta.inner_batch_size, *split)?;
+            let curve = adaptation_curve(&self.learner, task, &steps, &rule, meta.inner_batch_size, *split)?;
             curves.push((task.name.as_str(), curve));
         }
         if curves.is_empty() {
