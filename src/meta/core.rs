@@ -5,6 +5,8 @@
 //! step cannot leak into the meta-gradient and each task's graph is freed as soon as its
 //! gradient is read: peak memory does not grow with the meta-batch (DESIGN.md trap 1).
 
+use std::collections::HashMap;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::config::schema::{Algorithm, InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
@@ -13,6 +15,7 @@ use crate::data::tasks::{Split, TaskData};
 use crate::dist::fsdp::{Frozen, Fsdp, Layout, SharedComm};
 use crate::dist::CommError;
 use crate::meta::loss::masked_nll_sum_at_scored;
+use crate::model::loader::MappedWeights;
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::{clip_to, squared_norm, Optimizer};
 
@@ -38,8 +41,7 @@ impl Learner {
     /// `weights` are cast to fp32 master copies on `device` (fp64 when `compute_kind` is fp64, for
     /// numerical checks); forward passes run in `compute_kind`.
     pub fn new(cfg: ModelConfig, weights: Weights, device: Device, compute_kind: Kind, pad_id: i64) -> Self {
-        let master = if compute_kind == Kind::Double { Kind::Double } else { Kind::Float };
-        let weights = weights.to(device, master).requires_grad();
+        let weights = weights.to(device, master_kind(compute_kind)).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
         Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, frozen: None, fsdp: None }
@@ -61,40 +63,52 @@ impl Learner {
         learner
     }
 
-    /// Shards θ (and the frozen base under LoRA) across the communicator's ranks, FSDP-style:
-    /// this rank keeps its slice of each unit's flat buffer and the full weights are dropped.
-    pub fn shard(mut self, comm: SharedComm) -> Self {
-        let (rank, world) = {
+    /// θ sharded across the communicator's ranks straight from a checkpoint, FSDP-style: each unit
+    /// is read, flattened and cut on the host in turn, and only this rank's slice of it reaches
+    /// `device`, so no rank ever holds the whole model, on the host or on the device. With `lora`,
+    /// θ is that adapter and the checkpoint is its frozen base (kept in the compute dtype).
+    pub fn load_sharded(
+        cfg: ModelConfig,
+        checkpoint: &MappedWeights,
+        lora: Option<(Weights, LoraConfig)>,
+        device: Device,
+        compute_kind: Kind,
+        pad_id: i64,
+        comm: SharedComm,
+    ) -> Result<Self, ModelError> {
+        let place = {
             let c = comm.borrow();
-            (c.rank(), c.world_size())
+            Place { world: c.world_size(), rank: c.rank(), device }
         };
-        let (layers, device) = (self.cfg.num_hidden_layers, self.device);
-        let shard_all = |names: &[String], tensors: &[Tensor]| {
-            let shapes: Vec<(String, Vec<i64>)> = names.iter().cloned().zip(tensors.iter().map(Tensor::size)).collect();
-            let layout = Layout::new(layers, &shapes).expect("every parameter of the decoder belongs to a unit");
-            let by_name = |n: &str| tensors[names.iter().position(|m| m == n).expect("listed name")].detach();
-            // A unit with no parameters (the embeddings under LoRA) is an empty buffer, which must
-            // still live on the device: the gradient norm stacks every unit's.
-            let shard = |u| layout.shard_of(u, &layout.flatten(u, by_name), world, rank).to_device(device);
-            let shards = (0..layout.units.len()).map(shard).collect();
-            (layout, shards)
+        let layers = cfg.num_hidden_layers;
+        let master = master_kind(compute_kind);
+        let read = |name: &str| checkpoint.tensor(name);
+        let (theta, frozen) = match lora {
+            None => (shard_units(layers, checkpoint.shapes(), read, &place, master)?, None),
+            Some((adapter, lora)) => {
+                let shapes: Vec<(String, Vec<i64>)> =
+                    adapter.iter().map(|(name, t)| (name.to_string(), t.size())).collect();
+                let theta = shard_units(layers, &shapes, |name| adapter.get(name), &place, master)?;
+                let (layout, shards) = shard_units(layers, checkpoint.shapes(), read, &place, compute_kind)?;
+                (theta, Some((Frozen { layout, shards }, lora)))
+            }
         };
-        let (layout, shards) = shard_all(&self.names, &self.params);
-        let lora = self.frozen.take().map(|(base, lora)| {
-            let names = base.names().to_vec();
-            let tensors: Vec<Tensor> = names.iter().map(|n| base.get(n).expect("listed name")).collect();
-            let (layout, shards) = shard_all(&names, &tensors);
-            (Frozen { layout, shards }, lora)
-        });
-        debug_assert!(shards.iter().all(|t| t.device() == device), "a shard left the learner's device");
-        self.names = (0..layout.units.len()).map(|u| format!("unit.{u}")).collect();
-        self.params = shards;
-        let (frozen, scale) = match lora {
-            Some((frozen, lora)) => (Some(frozen), Some((lora.scale(), lora.dropout))),
-            None => (None, None),
-        };
-        self.fsdp = Some(Fsdp::new(self.cfg.clone(), comm, layout, frozen, self.compute_kind, self.device, scale));
-        self
+        let (layout, params) = theta;
+        let names = (0..layout.units.len()).map(|u| format!("unit.{u}")).collect();
+        let scale = frozen.as_ref().map(|(_, lora)| (lora.scale(), lora.dropout));
+        let frozen = frozen.map(|(frozen, _)| frozen);
+        let fsdp = Fsdp::new(cfg.clone(), comm, layout, frozen, compute_kind, device, scale);
+        Ok(Self {
+            cfg,
+            names,
+            params,
+            compute_kind,
+            device,
+            pad_id,
+            second_order: false,
+            frozen: None,
+            fsdp: Some(fsdp),
+        })
     }
 
     /// The sharded runner, when θ is sharded.
@@ -298,6 +312,48 @@ impl Learner {
     pub fn zeros_like_params(&self) -> Vec<Tensor> {
         self.params.iter().map(|p| p.detach().zeros_like()).collect()
     }
+}
+
+/// θ's dtype: fp32 masters, fp64 when computing in fp64 (numerical checks).
+fn master_kind(compute_kind: Kind) -> Kind {
+    if compute_kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// Where this rank's shards live.
+struct Place {
+    world: usize,
+    rank: usize,
+    device: Device,
+}
+
+/// The layout of `shapes` and this rank's slice of each of its units in `kind`, built one unit at
+/// a time from `read` (full tensors by name, on the host), so only one unit is ever whole.
+fn shard_units(
+    layers: i64,
+    shapes: &[(String, Vec<i64>)],
+    read: impl Fn(&str) -> Result<Tensor, ModelError>,
+    place: &Place,
+    kind: Kind,
+) -> Result<(Layout, Vec<Tensor>), ModelError> {
+    let layout = Layout::new(layers, shapes).expect("every parameter of the decoder belongs to a unit");
+    let mut shards = Vec::with_capacity(layout.units.len());
+    for (u, unit) in layout.units.iter().enumerate() {
+        let full: HashMap<&str, Tensor> = unit
+            .params
+            .iter()
+            .map(|(name, _)| Ok((name.as_str(), read(name)?.to_kind(kind))))
+            .collect::<Result<_, ModelError>>()?;
+        let flat = layout.flatten(u, |name| full[name].shallow_clone()).to_kind(kind);
+        // A unit with no parameters (the embeddings under LoRA) is an empty buffer, which must
+        // still live on the device: the gradient norm stacks every unit's.
+        shards.push(layout.shard_of(u, &flat, place.world, place.rank).to_device(place.device));
+    }
+    debug_assert!(shards.iter().all(|t| t.device() == place.device), "a shard left the learner's device");
+    Ok((layout, shards))
 }
 
 /// Zeroes update-direction buffers before an algorithm fills them.

@@ -1,17 +1,18 @@
 //! Hugging Face checkpoint loading: `model.safetensors` or a sharded `model.safetensors.index.json`.
 //!
 //! Files are memory-mapped and each tensor is copied out, converted and moved on its own, so peak
-//! host memory is one tensor beyond the mapped (page-cache backed, reclaimable) file.
+//! host memory is one tensor beyond the mapped (page-cache backed, reclaimable) file; the sharded
+//! trainer reads them through [`MappedWeights`] one unit at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use super::{ModelConfig, ModelError, Weights};
-use crate::tensor_io::{tensor_from_view, MappedSafetensors};
+use crate::tensor_io::{kind_of, tensor_from_view, MappedSafetensors};
 
 /// Everything wrong between a checkpoint's tensors and what the config expects, reported at once.
 #[derive(Debug, Default)]
@@ -105,46 +106,72 @@ fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
 
 /// Loads and validates the weights in `dir` against `cfg`, converting to `kind` on `device`.
 ///
-/// Pass 1 reads only headers and reports every mismatch at once; pass 2 copies tensors file by
-/// file, releasing each tensor's pages once copied, so peak host memory stays near the size of the
-/// loaded weights rather than weights plus checkpoint.
+/// Each tensor is copied out of the mapping, moved and converted on its own (its pages released
+/// once copied), so peak host memory stays near the size of the loaded weights rather than weights
+/// plus checkpoint.
 pub fn load_weights(dir: &Path, cfg: &ModelConfig, kind: Kind, device: Device) -> Result<Weights, ModelError> {
-    let files = checkpoint_files(dir)?;
-    let mapped: Vec<MappedSafetensors> = files
-        .iter()
-        .map(|p| MappedSafetensors::open(p).map_err(|source| ModelError::Io { path: p.clone(), source }))
-        .collect::<Result<_, _>>()?;
-
-    // Pass 1: name -> (file index, shape), from the headers.
-    let mut location: HashMap<String, (usize, Vec<i64>)> = HashMap::new();
-    for (i, m) in mapped.iter().enumerate() {
-        for (name, view) in parse(m)?.tensors() {
-            location.insert(name, (i, view.shape().iter().map(|&d| d as i64).collect()));
-        }
-    }
-    let expected = cfg.parameter_shapes();
-    check_against_config(dir, cfg, &expected, &location)?;
-
-    // Pass 2: copy out, file by file.
-    let mut loaded: HashMap<&str, tch::Tensor> = HashMap::new();
-    for (i, m) in mapped.iter().enumerate() {
-        let st = parse(m)?;
-        for (name, _) in expected.iter().filter(|(n, _)| location[n].0 == i) {
-            let view = st.tensor(name).expect("validated in pass 1");
-            let host = tensor_from_view(&view).ok_or_else(|| ModelError::UnsupportedDtype {
-                path: files[i].clone(),
-                name: name.clone(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
-            m.release(view.data());
-            loaded.insert(name, host.to_device(device).to_kind(kind));
-        }
-    }
+    let checkpoint = MappedWeights::open(dir, cfg)?;
     let mut weights = Weights::new();
-    for (name, _) in &expected {
-        weights.insert(name.clone(), loaded.remove(name.as_str()).expect("every expected tensor was loaded"));
+    for (name, _) in checkpoint.shapes() {
+        weights.insert(name.clone(), checkpoint.tensor(name)?.to_device(device).to_kind(kind));
     }
     Ok(weights)
+}
+
+/// A checkpoint's safetensors files, mapped and validated against the config (every mismatch
+/// reported at once, from the headers alone), read one tensor at a time. The sharded trainer
+/// builds its slices from it unit by unit, so no rank ever holds the whole model.
+pub struct MappedWeights {
+    files: Vec<PathBuf>,
+    mapped: Vec<MappedSafetensors>,
+    /// The file holding each expected tensor.
+    file_of: HashMap<String, usize>,
+    shapes: Vec<(String, Vec<i64>)>,
+}
+
+impl MappedWeights {
+    pub fn open(dir: &Path, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        let files = checkpoint_files(dir)?;
+        let mapped: Vec<MappedSafetensors> = files
+            .iter()
+            .map(|p| MappedSafetensors::open(p).map_err(|source| ModelError::Io { path: p.clone(), source }))
+            .collect::<Result<_, _>>()?;
+        let mut location: HashMap<String, (usize, Vec<i64>)> = HashMap::new();
+        let mut unsupported = HashMap::new();
+        for (i, m) in mapped.iter().enumerate() {
+            for (name, view) in parse(m)?.tensors() {
+                if kind_of(view.dtype()).is_none() {
+                    unsupported.insert(name.clone(), format!("{:?}", view.dtype()));
+                }
+                location.insert(name, (i, view.shape().iter().map(|&d| d as i64).collect()));
+            }
+        }
+        let shapes = cfg.parameter_shapes();
+        check_against_config(dir, cfg, &shapes, &location)?;
+        let file_of: HashMap<String, usize> = shapes.iter().map(|(name, _)| (name.clone(), location[name].0)).collect();
+        if let Some((name, dtype)) = shapes.iter().find_map(|(n, _)| unsupported.remove_entry(n)) {
+            return Err(ModelError::UnsupportedDtype { path: files[file_of[&name]].clone(), name, dtype });
+        }
+        Ok(Self { files, mapped, file_of, shapes })
+    }
+
+    /// The decoder's parameters and their shapes, in the config's order.
+    pub fn shapes(&self) -> &[(String, Vec<i64>)] {
+        &self.shapes
+    }
+
+    /// One parameter as a new CPU tensor in the checkpoint's dtype; its pages in the mapping are
+    /// released once copied.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
+        let i = *self.file_of.get(name).ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
+        let (m, path) = (&self.mapped[i], &self.files[i]);
+        let st = parse(m)?;
+        let view =
+            st.tensor(name).map_err(|e| ModelError::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+        let host = tensor_from_view(&view).expect("dtypes checked when opened");
+        m.release(view.data());
+        Ok(host)
+    }
 }
 
 fn parse(m: &MappedSafetensors) -> Result<safetensors::SafeTensors<'_>, ModelError> {

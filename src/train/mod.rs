@@ -86,9 +86,9 @@ impl Trainer {
         let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
         let device = device_for_rank(&config.trainer.device, local_rank).context("trainer.device")?;
         let dist = Dist::join(env.as_ref(), device, config.trainer.backend)?;
-        let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config, device)?;
         let sharded = dist.world_size > 1 || config.trainer.sharding == Sharding::Fsdp;
-        let learner = if sharded { learner.shard(dist.comm.clone()) } else { learner };
+        let shard_over = sharded.then(|| dist.comm.clone());
+        let setup::Loaded { model_dir, learner, tasks, eval_tasks } = setup::load(&config, device, shard_over)?;
         let optimizer = Optimizer::new(&config.optim, config.meta.outer_lr, learner.params());
         let schedule = Schedule::new(&config.optim, config.trainer.total_steps);
         let run_dir = PathBuf::from(&config.trainer.default_local_dir);

@@ -9,8 +9,10 @@ use crate::config::schema::{Algorithm, InnerOptimizerType};
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
+use crate::dist::fsdp::SharedComm;
 use crate::meta::core::Learner;
 use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
+use crate::model::loader::MappedWeights;
 use crate::model::{load_weights, LoraConfig, ModelConfig};
 
 const LOGGERS: [&str; 3] = ["console", "jsonl", "tensorboard"];
@@ -85,8 +87,9 @@ pub struct Loaded {
     pub eval_tasks: Vec<(TaskData, Split)>,
 }
 
-/// Loads the model onto `device` (from `cli::device_for_rank`) and the tasks.
-pub fn load(config: &Config, device: Device) -> Result<Loaded> {
+/// Loads the model onto `device` (from `cli::device_for_rank`) and the tasks. With `shard_over`,
+/// θ is sharded across that communicator's ranks as it is read: no rank holds the whole model.
+pub fn load(config: &Config, device: Device, shard_over: Option<SharedComm>) -> Result<Loaded> {
     if let Some(threads) = config.trainer.num_threads {
         if threads == 0 {
             bail!("trainer.num_threads must be at least 1");
@@ -106,15 +109,24 @@ pub fn load(config: &Config, device: Device) -> Result<Loaded> {
             model_cfg.vocab_size
         );
     }
-    let weights = load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
     let m = &config.model;
     let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?;
-    let mut learner = match lora {
-        Some(lora) => {
-            let adapter = lora.init_adapter(&model_cfg, config.trainer.seed);
-            Learner::with_lora(model_cfg, weights, adapter, lora, device, kind, tokenizer.pad_id)
+    let lora = lora.map(|lora| (lora.init_adapter(&model_cfg, config.trainer.seed), lora));
+    let pad_id = tokenizer.pad_id;
+    let mut learner = match (shard_over, lora) {
+        (Some(comm), lora) => {
+            let checkpoint = MappedWeights::open(&model_dir, &model_cfg).context("model.partial_pretrain")?;
+            Learner::load_sharded(model_cfg, &checkpoint, lora, device, kind, pad_id, comm)
+                .context("model.partial_pretrain")?
         }
-        None => Learner::new(model_cfg, weights, device, kind, tokenizer.pad_id),
+        (None, lora) => {
+            let weights =
+                load_weights(&model_dir, &model_cfg, Kind::Float, device).context("model.partial_pretrain")?;
+            match lora {
+                Some((adapter, lora)) => Learner::with_lora(model_cfg, weights, adapter, lora, device, kind, pad_id),
+                None => Learner::new(model_cfg, weights, device, kind, pad_id),
+            }
+        }
     };
     learner.second_order = config.meta.algorithm == Algorithm::Maml
         || (config.meta.algorithm == Algorithm::Fomaml && !config.meta.use_fomaml);
