@@ -19,7 +19,7 @@ use tch::Tensor;
 
 use crate::dist::fsdp::Layout;
 use crate::fsutil::write_atomically;
-use crate::tensor_io::{read_safetensors, write_safetensors};
+use crate::tensor_io::{read_safetensors, write_safetensors, MappedSafetensors};
 
 pub const META_FILE: &str = "meta.json";
 const LATEST_FILE: &str = "latest";
@@ -211,6 +211,19 @@ pub struct Loaded {
 
 /// Reads a checkpoint directory, checking every file against its recorded sha256.
 pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
+    let meta = read_meta(dir)?;
+    let mut files = HashMap::new();
+    for file in meta.files.keys() {
+        let path = verified(dir, &meta, file)?;
+        let tensors = read_safetensors(&path)
+            .map_err(|e| CheckpointError::Corrupt { path: path.clone(), reason: format!("{e:#}") })?;
+        files.insert(file.clone(), tensors.into_iter().collect());
+    }
+    Ok(Loaded { meta, files })
+}
+
+/// A checkpoint's meta.json, of a format version this build reads.
+pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     let meta_path = dir.join(META_FILE);
     let text = fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
     let meta: CheckpointMeta = serde_json::from_str(&text)
@@ -221,21 +234,31 @@ pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
             reason: format!("format version {} (this build reads {FORMAT_VERSION})", meta.format_version),
         });
     }
-    let mut files = HashMap::new();
-    for (file, expected) in &meta.files {
-        let path = dir.join(file);
-        let actual = sha256_file(&path)?;
-        if &actual != expected {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!("sha256 {actual} differs from {expected} recorded in meta.json"),
-            });
-        }
-        let tensors = read_safetensors(&path)
-            .map_err(|e| CheckpointError::Corrupt { path: path.clone(), reason: format!("{e:#}") })?;
-        files.insert(file.clone(), tensors.into_iter().collect());
+    Ok(meta)
+}
+
+/// The path of `file` of the checkpoint, once its sha256 matches the one meta.json records.
+fn verified(dir: &Path, meta: &CheckpointMeta, file: &str) -> Result<PathBuf, CheckpointError> {
+    let path = dir.join(file);
+    let expected = meta.files.get(file).ok_or_else(|| CheckpointError::Corrupt {
+        path: dir.join(META_FILE),
+        reason: format!("no sha256 recorded for {file}"),
+    })?;
+    let actual = sha256_file(&path)?;
+    if &actual != expected {
+        return Err(CheckpointError::Corrupt {
+            path,
+            reason: format!("sha256 {actual} differs from {expected} recorded in meta.json"),
+        });
     }
-    Ok(Loaded { meta, files })
+    Ok(path)
+}
+
+/// `file` of the checkpoint, checked against its sha256 and memory-mapped, for reading only the
+/// tensors (or parts) a reader needs.
+pub fn open_verified(dir: &Path, meta: &CheckpointMeta, file: &str) -> Result<MappedSafetensors, CheckpointError> {
+    let path = verified(dir, meta, file)?;
+    MappedSafetensors::open(&path).map_err(io(&path))
 }
 
 #[cfg(test)]

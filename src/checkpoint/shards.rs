@@ -4,15 +4,18 @@
 //! `optimizer.safetensors` (`exp_avg/<name>`, `exp_avg_sq/<name>`). A sharded one has one
 //! `rank_<r>.safetensors` per rank with that rank's slice of every unit's flat buffer (`unit.<u>`,
 //! `exp_avg/unit.<u>`, ...) and the layout in meta.json. Either reads back as one full flat buffer
-//! per unit, which the reader cuts for its own world size: resharding is just reading.
+//! per unit, which the reader cuts for its own world size: resharding is just reading. A rank reads
+//! only its own slices ([`read_shard`]), from only the files that hold them.
 
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::{CheckpointError, Loaded};
-use crate::dist::fsdp::Layout;
+use super::{open_verified, CheckpointError, CheckpointMeta, Loaded};
+use crate::dist::fsdp::{Layout, Unit};
+use crate::tensor_io::{tensor_from_view, MappedSafetensors};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -25,13 +28,6 @@ pub fn rank_file(rank: usize) -> String {
 /// How a parameter's state of kind `prefix` ("" for θ, "exp_avg/", "exp_avg_sq/") is named.
 pub fn state_name(prefix: &str, param: &str) -> String {
     format!("{prefix}{param}")
-}
-
-/// Who reads a checkpoint: the whole model (parameters by name) or rank `rank` of `world`.
-#[derive(Clone, Copy, Debug)]
-pub enum Reader {
-    Whole,
-    Shard { rank: usize, world: usize },
 }
 
 fn corrupt(dir: &Path, reason: String) -> CheckpointError {
@@ -62,11 +58,7 @@ pub fn full_units(loaded: &Loaded, dir: &Path, layout: &Layout, prefix: &str) ->
         }
         Some(saved) => {
             if saved != layout {
-                return Err(corrupt(
-                    dir,
-                    "its parameter layout differs from this model's (another model, LoRA setting or target modules?)"
-                        .into(),
-                ));
+                return Err(different_layout(dir));
             }
             let world = loaded.meta.world_size;
             let mut units = Vec::new();
@@ -93,30 +85,129 @@ pub fn full_units(loaded: &Loaded, dir: &Path, layout: &Layout, prefix: &str) ->
     }
 }
 
-/// The `prefix` state as `reader` holds it: one tensor per name of `names` for the whole model,
-/// this rank's slice of each unit for a shard.
-pub fn read_for(
+/// The `prefix` state of the whole model, one tensor per name of `names`.
+pub fn read_whole(
     loaded: &Loaded,
     dir: &Path,
     layout: &Layout,
     prefix: &str,
-    reader: Reader,
     names: &[String],
 ) -> Result<Vec<Tensor>, CheckpointError> {
     let units = full_units(loaded, dir, layout, prefix)?;
-    match reader {
-        Reader::Shard { rank, world } => {
-            Ok(units.iter().enumerate().map(|(u, full)| layout.shard_of(u, full, world, rank)).collect())
+    let mut by_name: HashMap<String, Tensor> =
+        units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect();
+    names
+        .iter()
+        .map(|n| by_name.remove(n).ok_or_else(|| corrupt(dir, format!("`{n}` is not in the checkpoint"))))
+        .collect()
+}
+
+/// Rank `rank` of `world`'s slice of every unit's `prefix` state. Only the files that hold it are
+/// read (each checked against its sha256 first), out of their mappings, one saved slice at a time:
+/// a resuming rank never holds the checkpoint, nor more than one unit of it.
+pub fn read_shard(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    layout: &Layout,
+    prefix: &str,
+    rank: usize,
+    world: usize,
+) -> Result<Vec<Tensor>, CheckpointError> {
+    let Some(saved) = &meta.layout else {
+        // A whole-model checkpoint: each unit whole in turn, then cut.
+        let file = if prefix.is_empty() { MODEL_FILE } else { OPTIMIZER_FILE };
+        let mapped = open_verified(dir, meta, file)?;
+        let mut shards = Vec::with_capacity(layout.units.len());
+        for (u, unit) in layout.units.iter().enumerate() {
+            let mut parts = HashMap::new();
+            for (name, shape) in &unit.params {
+                let key = state_name(prefix, name);
+                let t = copy_out(&mapped, dir, file, &key)?;
+                if &t.size() != shape {
+                    return Err(corrupt(dir, format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size())));
+                }
+                parts.insert(name.as_str(), t.to_kind(Kind::Float));
+            }
+            shards.push(layout.shard_of(u, &layout.flatten(u, |name| parts[name].shallow_clone()), world, rank));
         }
-        Reader::Whole => {
-            let mut by_name: HashMap<String, Tensor> =
-                units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect();
-            names
-                .iter()
-                .map(|n| by_name.remove(n).ok_or_else(|| corrupt(dir, format!("`{n}` is not in the checkpoint"))))
-                .collect()
+        return Ok(shards);
+    };
+    if saved != layout {
+        return Err(different_layout(dir));
+    }
+    let pieces: Vec<Vec<Piece>> = layout.units.iter().map(|unit| pieces(unit, rank, world, meta.world_size)).collect();
+    let mut files = BTreeMap::new();
+    for piece in pieces.iter().flatten() {
+        if let Entry::Vacant(slot) = files.entry(piece.saved_rank) {
+            slot.insert(open_verified(dir, meta, &rank_file(piece.saved_rank))?);
         }
     }
+    let mut shards = Vec::with_capacity(layout.units.len());
+    for (u, unit) in layout.units.iter().enumerate() {
+        let key = state_name(prefix, &format!("unit.{u}"));
+        let mut shard: Option<Tensor> = None;
+        for piece in &pieces[u] {
+            let file = rank_file(piece.saved_rank);
+            let saved = copy_out(&files[&piece.saved_rank], dir, &file, &key)?;
+            if saved.size() != [unit.shard_len(meta.world_size)] {
+                return Err(corrupt(dir, format!("{file}: `{key}` has {} elements", saved.numel())));
+            }
+            let shard =
+                shard.get_or_insert_with(|| Tensor::zeros([unit.shard_len(world)], (saved.kind(), Device::Cpu)));
+            shard.narrow(0, piece.at, piece.len).copy_(&saved.narrow(0, piece.from, piece.len));
+        }
+        shards.push(shard.unwrap_or_else(|| Tensor::zeros([unit.shard_len(world)], (Kind::Float, Device::Cpu))));
+    }
+    Ok(shards)
+}
+
+/// Part of a reader's slice of a unit: `len` elements at `at`, from offset `from` of the slice that
+/// rank `saved_rank` saved.
+struct Piece {
+    saved_rank: usize,
+    from: i64,
+    at: i64,
+    len: i64,
+}
+
+/// Where rank `rank` of `world`'s slice of `unit` lies among the slices `saved_world` ranks saved.
+/// The padding past the unit's end is never read: it stays zero.
+fn pieces(unit: &Unit, rank: usize, world: usize, saved_world: usize) -> Vec<Piece> {
+    let len = unit.shard_len(world);
+    let start = (rank as i64 * len).min(unit.numel);
+    let end = ((rank as i64 + 1) * len).min(unit.numel);
+    let saved_len = unit.shard_len(saved_world);
+    let mut out = Vec::new();
+    let mut next = start;
+    while next < end {
+        let saved_rank = next / saved_len;
+        let stop = end.min((saved_rank + 1) * saved_len);
+        out.push(Piece {
+            saved_rank: saved_rank as usize,
+            from: next - saved_rank * saved_len,
+            at: next - start,
+            len: stop - next,
+        });
+        next = stop;
+    }
+    out
+}
+
+/// Tensor `key` of a mapped checkpoint file, copied out, its pages released.
+fn copy_out(mapped: &MappedSafetensors, dir: &Path, file: &str, key: &str) -> Result<Tensor, CheckpointError> {
+    let st = mapped.parse().map_err(|e| corrupt(dir, format!("{file}: {e}")))?;
+    let view = st.tensor(key).map_err(|_| corrupt(dir, format!("{file}: `{key}` is missing")))?;
+    let t =
+        tensor_from_view(&view).ok_or_else(|| corrupt(dir, format!("{file}: `{key}` has dtype {:?}", view.dtype())))?;
+    mapped.release(view.data());
+    Ok(t)
+}
+
+fn different_layout(dir: &Path) -> CheckpointError {
+    corrupt(
+        dir,
+        "its parameter layout differs from this model's (another model, LoRA setting or target modules?)".into(),
+    )
 }
 
 /// θ by parameter name (CPU, fp32), from a whole or a sharded checkpoint: what export reads.
@@ -133,5 +224,83 @@ pub fn params_by_name(loaded: &Loaded, dir: &Path) -> Result<Vec<(String, Tensor
             let units = full_units(loaded, dir, layout, "")?;
             Ok(units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{read_meta, save, CheckpointMeta};
+
+    /// Two layers with odd sizes (so slices straddle saved ones) and an empty head.
+    fn model() -> (Layout, Vec<(String, Tensor)>) {
+        let shapes =
+            [("model.embed_tokens.weight", vec![7, 3]), ("model.layers.0.w", vec![5]), ("model.layers.1.w", vec![11])];
+        let named: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, s))| (n.to_string(), Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)) + i as f64))
+            .collect();
+        let shapes: Vec<(String, Vec<i64>)> = named.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        (Layout::new(2, &shapes).unwrap(), named)
+    }
+
+    fn expected(layout: &Layout, named: &[(String, Tensor)], rank: usize, world: usize) -> Vec<Tensor> {
+        let by_name = |n: &str| named.iter().find(|(m, _)| m == n).unwrap().1.shallow_clone();
+        (0..layout.units.len()).map(|u| layout.shard_of(u, &layout.flatten(u, by_name), world, rank)).collect()
+    }
+
+    fn write_sharded(root: &Path, layout: &Layout, named: &[(String, Tensor)], world: usize) -> std::path::PathBuf {
+        let mut meta = CheckpointMeta::new(1, world, "m".into(), "c".into(), serde_json::json!({}));
+        meta.layout = Some(layout.clone());
+        let per_rank: Vec<(String, Vec<(String, Tensor)>)> = (0..world)
+            .map(|r| {
+                let slices = expected(layout, named, r, world).into_iter().enumerate();
+                (rank_file(r), slices.map(|(u, t)| (format!("unit.{u}"), t)).collect())
+            })
+            .collect();
+        let files: Vec<(&str, Vec<(&str, &Tensor)>)> =
+            per_rank.iter().map(|(f, ts)| (f.as_str(), ts.iter().map(|(n, t)| (n.as_str(), t)).collect())).collect();
+        save(root, meta, &files, None).unwrap()
+    }
+
+    #[test]
+    fn every_rank_of_every_world_reads_its_slice_of_any_checkpoint() {
+        let (layout, named) = model();
+        let root = tempfile::tempdir().unwrap();
+        let whole = {
+            let meta = CheckpointMeta::new(1, 1, "m".into(), "c".into(), serde_json::json!({}));
+            let tensors: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            save(&root.path().join("whole"), meta, &[(MODEL_FILE, tensors)], None).unwrap()
+        };
+        let sharded = write_sharded(&root.path().join("sharded"), &layout, &named, 3);
+        for dir in [&whole, &sharded] {
+            let meta = read_meta(dir).unwrap();
+            for world in 1..=5 {
+                for rank in 0..world {
+                    let got = read_shard(dir, &meta, &layout, "", rank, world).unwrap();
+                    for (u, (g, e)) in got.iter().zip(expected(&layout, &named, rank, world)).enumerate() {
+                        assert!(g.equal(&e), "{} unit {u}, rank {rank} of {world}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rank_hashes_only_the_files_it_reads() {
+        let (layout, named) = model();
+        let root = tempfile::tempdir().unwrap();
+        let dir = write_sharded(root.path(), &layout, &named, 3);
+        let meta = read_meta(&dir).unwrap();
+        let last = dir.join(rank_file(2));
+        let mut bytes = std::fs::read(&last).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&last, bytes).unwrap();
+        read_shard(&dir, &meta, &layout, "", 0, 3).expect("rank 0 reads only its own file");
+        let err = read_shard(&dir, &meta, &layout, "", 2, 3).unwrap_err().to_string();
+        assert!(err.contains(&rank_file(2)) && err.contains("sha256"), "{err}");
+        let err = read_shard(&dir, &meta, &layout, "", 1, 2).unwrap_err().to_string();
+        assert!(err.contains(&rank_file(2)), "rank 1 of 2 reads the last third too: {err}");
     }
 }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::checkpoint::shards::{rank_file, read_for, state_name, Reader};
+use crate::checkpoint::shards::{rank_file, read_shard, read_whole, state_name};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::cli::device_for_rank;
 use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
@@ -379,18 +379,24 @@ impl Trainer {
                 None => bail!("checkpoint.resume_mode is resume_path but checkpoint.resume_path is not set"),
             },
         };
-        let loaded = checkpoint::load(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
-        let state: TrainState = serde_json::from_value(loaded.meta.state.clone())
+        let meta = checkpoint::read_meta(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let state: TrainState = serde_json::from_value(meta.state.clone())
             .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;
         let layout = self.learner.layout();
-        let reader = match self.learner.fsdp() {
-            Some(f) => Reader::Shard { rank: f.rank(), world: f.world_size() },
-            None => Reader::Whole,
+        // A sharded rank reads its slices alone; the whole model reads everything.
+        let shard = self.learner.fsdp().map(|f| (f.rank(), f.world_size()));
+        let whole = match shard {
+            Some(_) => None,
+            None => Some(checkpoint::load(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?),
         };
         let names = self.learner.names().to_vec();
         let read = |prefix: &str| {
-            read_for(&loaded, &dir, &layout, prefix, reader, &names)
-                .with_context(|| format!("cannot resume from {}", dir.display()))
+            match (shard, &whole) {
+                (Some((rank, world)), _) => read_shard(&dir, &meta, &layout, prefix, rank, world),
+                (None, Some(loaded)) => read_whole(loaded, &dir, &layout, prefix, &names),
+                (None, None) => unreachable!("the whole model loaded the checkpoint above"),
+            }
+            .with_context(|| format!("cannot resume from {}", dir.display()))
         };
         let _guard = tch::no_grad_guard();
         for (param, saved) in self.learner.params().iter().zip(read("")?) {
@@ -414,7 +420,7 @@ impl Trainer {
             })?;
             task.restore(*position);
         }
-        self.step = loaded.meta.step;
+        self.step = meta.step;
         self.skipped_steps = state.skipped_steps;
         self.resumed_from = Some(dir);
         Ok(())
