@@ -85,10 +85,7 @@ fn x_float(dev: Device) -> Tensor {
 }
 
 fn theta(dir: &Path) -> Vec<(String, Tensor)> {
-    let loaded = checkpoint::load(dir).unwrap();
-    let mut named = checkpoint::shards::params_by_name(&loaded, dir).unwrap();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
+    checkpoint::shards::read_params(dir).unwrap().1
 }
 
 /// FSDP through NCCL at world size 1 against the whole model, both on the GPU in fp32; then the

@@ -6,8 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::load;
-use super::shards::params_by_name;
+use super::shards::read_params;
 use crate::config::Config;
 use crate::fsutil::write_dir_atomically;
 use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
@@ -32,8 +31,10 @@ const COPIED: [&str; 8] = [
 /// directory (adapter_config.json + adapter_model.safetensors over the run's base model), or with
 /// `merge` the base model with the adapter merged in.
 pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, force: bool) -> Result<()> {
-    let loaded = load(checkpoint_dir).with_context(|| format!("checkpoint {}", checkpoint_dir.display()))?;
-    let source = Path::new(&loaded.meta.model_source);
+    // Sharded checkpoints are consolidated here: every rank's slices joined back into tensors.
+    let (meta, params) =
+        read_params(checkpoint_dir).with_context(|| format!("checkpoint {}", checkpoint_dir.display()))?;
+    let source = Path::new(&meta.model_source);
     if !source.join("config.json").is_file() {
         bail!(
             "{}: the run's model directory {} has no config.json any more (it is needed for the export)",
@@ -41,8 +42,6 @@ pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, for
             source.display()
         );
     }
-    // Sharded checkpoints are consolidated here: every rank's slices joined back into tensors.
-    let params = params_by_name(&loaded, checkpoint_dir)?;
     let tensors: std::collections::HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut names: Vec<&str> = tensors.keys().copied().collect();
     names.sort();
@@ -72,7 +71,7 @@ pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, for
             write_model(dir, &cast)
         });
     }
-    let config = Config::from_yaml(&loaded.meta.config, "the checkpoint's config", &[])?;
+    let config = Config::from_yaml(&meta.config, "the checkpoint's config", &[])?;
     let m = &config.model;
     let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?.with_context(
         || format!("{}: LoRA tensors but model.lora_rank is 0 in its config", checkpoint_dir.display()),

@@ -5,7 +5,8 @@
 //! `rank_<r>.safetensors` per rank with that rank's slice of every unit's flat buffer (`unit.<u>`,
 //! `exp_avg/unit.<u>`, ...) and the layout in meta.json. Either reads back as one full flat buffer
 //! per unit, which the reader cuts for its own world size: resharding is just reading. A rank reads
-//! only its own slices ([`read_shard`]), from only the files that hold them.
+//! only its own slices ([`read_shard`]), from only the files that hold them; the whole model is
+//! rank 0 of a world of one.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{open_verified, CheckpointError, CheckpointMeta, Loaded};
+use super::{open_verified, read_meta, CheckpointError, CheckpointMeta};
 use crate::dist::fsdp::{Layout, Unit};
 use crate::tensor_io::{tensor_from_view, MappedSafetensors};
 
@@ -34,66 +35,16 @@ fn corrupt(dir: &Path, reason: String) -> CheckpointError {
     CheckpointError::Corrupt { path: dir.to_path_buf(), reason }
 }
 
-/// The `prefix` state of every unit of `layout` as full flat buffers (fp32 as saved).
-pub fn full_units(loaded: &Loaded, dir: &Path, layout: &Layout, prefix: &str) -> Result<Vec<Tensor>, CheckpointError> {
-    match &loaded.meta.layout {
-        None => {
-            let file = if prefix.is_empty() { MODEL_FILE } else { OPTIMIZER_FILE };
-            let tensors = loaded.files.get(file).ok_or_else(|| corrupt(dir, format!("no {file}")))?;
-            let mut units = Vec::new();
-            for (u, unit) in layout.units.iter().enumerate() {
-                for (name, shape) in &unit.params {
-                    let key = state_name(prefix, name);
-                    let t = tensors.get(&key).ok_or_else(|| corrupt(dir, format!("{file}: `{key}` is missing")))?;
-                    if &t.size() != shape {
-                        return Err(corrupt(
-                            dir,
-                            format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size()),
-                        ));
-                    }
-                }
-                units.push(layout.flatten(u, |name| tensors[&state_name(prefix, name)].to_kind(Kind::Float)));
-            }
-            Ok(units)
-        }
-        Some(saved) => {
-            if saved != layout {
-                return Err(different_layout(dir));
-            }
-            let world = loaded.meta.world_size;
-            let mut units = Vec::new();
-            for (u, unit) in layout.units.iter().enumerate() {
-                if unit.numel == 0 {
-                    units.push(Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)));
-                    continue;
-                }
-                let key = state_name(prefix, &format!("unit.{u}"));
-                let mut parts = Vec::with_capacity(world);
-                for rank in 0..world {
-                    let file = rank_file(rank);
-                    let tensors = loaded.files.get(&file).ok_or_else(|| corrupt(dir, format!("no {file}")))?;
-                    let t = tensors.get(&key).ok_or_else(|| corrupt(dir, format!("{file}: `{key}` is missing")))?;
-                    if t.size() != [unit.shard_len(world)] {
-                        return Err(corrupt(dir, format!("{file}: `{key}` has {} elements", t.numel())));
-                    }
-                    parts.push(t.shallow_clone());
-                }
-                units.push(Tensor::cat(&parts, 0).narrow(0, 0, unit.numel));
-            }
-            Ok(units)
-        }
-    }
-}
-
-/// The `prefix` state of the whole model, one tensor per name of `names`.
+/// The `prefix` state of the whole model, one tensor per name of `names`: [`read_shard`] for
+/// rank 0 of a world of one, whose slices are the full units.
 pub fn read_whole(
-    loaded: &Loaded,
     dir: &Path,
+    meta: &CheckpointMeta,
     layout: &Layout,
     prefix: &str,
     names: &[String],
 ) -> Result<Vec<Tensor>, CheckpointError> {
-    let units = full_units(loaded, dir, layout, prefix)?;
+    let units = read_shard(dir, meta, layout, prefix, 0, 1)?;
     let mut by_name: HashMap<String, Tensor> =
         units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect();
     names
@@ -210,27 +161,41 @@ fn different_layout(dir: &Path) -> CheckpointError {
     )
 }
 
-/// θ by parameter name (CPU, fp32), from a whole or a sharded checkpoint: what export reads.
-pub fn params_by_name(loaded: &Loaded, dir: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    match &loaded.meta.layout {
+/// θ by parameter name (CPU, sorted by name), from a whole or a sharded checkpoint: what export and
+/// evaluation read. Only θ is copied out (the optimizer moments' pages are never touched), and a
+/// whole checkpoint's optimizer file is not even hashed.
+pub fn read_params(dir: &Path) -> Result<(CheckpointMeta, Vec<(String, Tensor)>), CheckpointError> {
+    let meta = read_meta(dir)?;
+    let mut named = match &meta.layout {
         None => {
-            let tensors = loaded.files.get(MODEL_FILE).ok_or_else(|| corrupt(dir, format!("no {MODEL_FILE}")))?;
-            let mut named: Vec<(String, Tensor)> =
-                tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(named)
+            let mapped = open_verified(dir, &meta, MODEL_FILE)?;
+            let names: Vec<String> = mapped
+                .parse()
+                .map_err(|e| corrupt(dir, format!("{MODEL_FILE}: {e}")))?
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect();
+            names
+                .into_iter()
+                .map(|n| Ok((n.clone(), copy_out(&mapped, dir, MODEL_FILE, &n)?)))
+                .collect::<Result<Vec<_>, _>>()?
         }
-        Some(layout) => {
-            let units = full_units(loaded, dir, layout, "")?;
-            Ok(units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect())
-        }
-    }
+        // Rank 0 of a world of one holds every unit whole.
+        Some(layout) => read_shard(dir, &meta, layout, "", 0, 1)?
+            .iter()
+            .enumerate()
+            .flat_map(|(u, full)| layout.unflatten(u, full))
+            .collect(),
+    };
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((meta, named))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{read_meta, save, CheckpointMeta};
+    use crate::checkpoint::{save, CheckpointMeta};
 
     /// Two layers with odd sizes (so slices straddle saved ones) and an empty head.
     fn model() -> (Layout, Vec<(String, Tensor)>) {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind};
 
-use crate::checkpoint::{self, shards::params_by_name};
+use crate::checkpoint::{self, shards::read_params};
 use crate::cli::parse_device;
 use crate::config::schema::InnerOptimizerType;
 use crate::config::Config;
@@ -86,8 +86,7 @@ fn learner(config: &Config, checkpoint: Option<&Path>, pad_id: i64, device: Devi
     let cfg = ModelConfig::from_dir(model_dir).context("model.partial_pretrain")?;
     let base = load_weights(model_dir, &cfg, Kind::Float, Device::Cpu).context("model.partial_pretrain")?;
     let Some(dir) = checkpoint else { return Ok(Learner::new(cfg, base, device, kind, pad_id)) };
-    let loaded = checkpoint::load(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
-    let params = params_by_name(&loaded, dir)?;
+    let (_, params) = read_params(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
     let mut weights = Weights::new();
     for (name, t) in params {
         weights.insert(name, t);
@@ -105,8 +104,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let config = match (&args.config, &args.checkpoint) {
         (Some(path), _) => Config::load(path, &[])?,
         (None, Some(dir)) => {
-            let loaded = checkpoint::load(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
-            Config::from_yaml(&loaded.meta.config, &format!("{}'s config", dir.display()), &[])?
+            let meta = checkpoint::read_meta(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
+            Config::from_yaml(&meta.config, &format!("{}'s config", dir.display()), &[])?
         }
         (None, None) => bail!("give --checkpoint (a training checkpoint) or --config (a model as it is)"),
     };

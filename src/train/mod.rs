@@ -383,18 +383,13 @@ impl Trainer {
         let state: TrainState = serde_json::from_value(meta.state.clone())
             .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;
         let layout = self.learner.layout();
-        // A sharded rank reads its slices alone; the whole model reads everything.
+        // A sharded rank reads only its slices.
         let shard = self.learner.fsdp().map(|f| (f.rank(), f.world_size()));
-        let whole = match shard {
-            Some(_) => None,
-            None => Some(checkpoint::load(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?),
-        };
         let names = self.learner.names().to_vec();
         let read = |prefix: &str| {
-            match (shard, &whole) {
-                (Some((rank, world)), _) => read_shard(&dir, &meta, &layout, prefix, rank, world),
-                (None, Some(loaded)) => read_whole(loaded, &dir, &layout, prefix, &names),
-                (None, None) => unreachable!("the whole model loaded the checkpoint above"),
+            match shard {
+                Some((rank, world)) => read_shard(&dir, &meta, &layout, prefix, rank, world),
+                None => read_whole(&dir, &meta, &layout, prefix, &names),
             }
             .with_context(|| format!("cannot resume from {}", dir.display()))
         };
@@ -458,9 +453,8 @@ fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> 
 
 /// θ of a checkpoint (whole or sharded) as model weights (fp32, CPU), in the order `cfg` names them.
 pub fn checkpoint_weights(checkpoint_dir: &Path, cfg: &crate::model::ModelConfig) -> Result<crate::model::Weights> {
-    let loaded = checkpoint::load(checkpoint_dir)?;
-    let mut params: std::collections::HashMap<String, Tensor> =
-        checkpoint::shards::params_by_name(&loaded, checkpoint_dir)?.into_iter().collect();
+    let (_, params) = checkpoint::shards::read_params(checkpoint_dir)?;
+    let mut params: std::collections::HashMap<String, Tensor> = params.into_iter().collect();
     let mut weights = crate::model::Weights::new();
     for (name, shape) in cfg.parameter_shapes() {
         let t = params.remove(&name).with_context(|| format!("{}: `{name}` is missing", checkpoint_dir.display()))?;
