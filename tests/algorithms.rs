@@ -251,6 +251,11 @@ fn inner_rules_take_the_steps_their_formulas_give() {
     let meta_lora = InnerRule::of(meta, optim);
     assert_eq!((meta_lora.optimizer, meta_lora.clip_grad), (InnerOptimizerType::Adam, Some(0.5)));
     assert_eq!((meta_lora.lr, meta_lora.adam.weight_decay), (1e-2, 0.1));
+    // A baseline evaluated like the method it is compared with.
+    (meta.algorithm, meta.inner_optimizer) = (Algorithm::Sft, InnerOptimizerType::Sgd);
+    meta.eval_inner_rule = Some(Algorithm::MetaLora);
+    assert_eq!(InnerRule::for_evaluation(meta, optim).clip_grad, Some(0.5));
+    assert_eq!(InnerRule::of(meta, optim).optimizer, InnerOptimizerType::Sgd, "training keeps its own");
 
     let step = |rule: &InnerRule| {
         let theta = learner.snapshot();

@@ -66,10 +66,11 @@ fn eval_writes_the_seeds_layout_repeatably_and_compare_reads_it() {
     eval(&b, &[]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
-    // Another adaptation optimizer, other adapted losses; the 0-shot row is untouched.
+    // META-LoRA's inner rule: other adapted losses; the 0-shot row is untouched.
     let adam = run.path().join("adam.json");
-    let shown = eval(&adam, &["--inner-optimizer", "adam"]);
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("steps of Adam (fresh state)"));
+    let shown = eval(&adam, &["--inner-rule", "meta_lora"]);
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(stdout.contains("steps of Adam (fresh state)") && stdout.contains("clipped to norm"), "{stdout}");
     let (sgd, adam): (Value, Value) = (
         serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap(),
         serde_json::from_slice(&std::fs::read(&adam).unwrap()).unwrap(),

@@ -8,10 +8,12 @@
 pub mod export;
 pub mod shards;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -254,11 +256,29 @@ fn verified(dir: &Path, meta: &CheckpointMeta, file: &str) -> Result<PathBuf, Ch
     Ok(path)
 }
 
-/// `file` of the checkpoint, checked against its sha256 and memory-mapped, for reading only the
-/// tensors (or parts) a reader needs.
-pub fn open_verified(dir: &Path, meta: &CheckpointMeta, file: &str) -> Result<MappedSafetensors, CheckpointError> {
-    let path = verified(dir, meta, file)?;
-    MappedSafetensors::open(&path).map_err(io(&path))
+/// A checkpoint opened for reading parts of it: its meta.json, and each file memory-mapped and
+/// checked against its sha256 when first asked for, once however often it is read.
+pub struct CheckpointReader {
+    pub dir: PathBuf,
+    pub meta: CheckpointMeta,
+    files: RefCell<BTreeMap<String, Rc<MappedSafetensors>>>,
+}
+
+impl CheckpointReader {
+    pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
+        Ok(Self { dir: dir.to_path_buf(), meta: read_meta(dir)?, files: RefCell::default() })
+    }
+
+    /// `name` of the checkpoint, verified and mapped.
+    pub fn file(&self, name: &str) -> Result<Rc<MappedSafetensors>, CheckpointError> {
+        if let Some(mapped) = self.files.borrow().get(name) {
+            return Ok(mapped.clone());
+        }
+        let path = verified(&self.dir, &self.meta, name)?;
+        let mapped = Rc::new(MappedSafetensors::open(&path).map_err(io(&path))?);
+        self.files.borrow_mut().insert(name.to_string(), mapped.clone());
+        Ok(mapped)
+    }
 }
 
 #[cfg(test)]

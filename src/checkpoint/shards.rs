@@ -3,18 +3,17 @@
 //! A whole-model checkpoint has `model.safetensors` (θ by parameter name) and
 //! `optimizer.safetensors` (`exp_avg/<name>`, `exp_avg_sq/<name>`). A sharded one has one
 //! `rank_<r>.safetensors` per rank with that rank's slice of every unit's flat buffer (`unit.<u>`,
-//! `exp_avg/unit.<u>`, ...) and the layout in meta.json. Either reads back as one full flat buffer
-//! per unit, which the reader cuts for its own world size: resharding is just reading. A rank reads
+//! `exp_avg/unit.<u>`, ...) and the layout in meta.json. Either is read as slices of each unit's
+//! full flat buffer, cut for the reader's own world size: resharding is just reading. A rank reads
 //! only its own slices ([`read_shard`]), from only the files that hold them; the whole model is
 //! rank 0 of a world of one.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{open_verified, read_meta, CheckpointError, CheckpointMeta};
+use super::{CheckpointError, CheckpointMeta, CheckpointReader};
 use crate::dist::fsdp::{Layout, Unit};
 use crate::tensor_io::{tensor_from_view, MappedSafetensors};
 
@@ -38,13 +37,13 @@ fn corrupt(dir: &Path, reason: String) -> CheckpointError {
 /// The `prefix` state of the whole model, one tensor per name of `names`: [`read_shard`] for
 /// rank 0 of a world of one, whose slices are the full units.
 pub fn read_whole(
-    dir: &Path,
-    meta: &CheckpointMeta,
+    checkpoint: &CheckpointReader,
     layout: &Layout,
     prefix: &str,
     names: &[String],
 ) -> Result<Vec<Tensor>, CheckpointError> {
-    let units = read_shard(dir, meta, layout, prefix, 0, 1)?;
+    let dir = &checkpoint.dir;
+    let units = read_shard(checkpoint, layout, prefix, 0, 1)?;
     let mut by_name: HashMap<String, Tensor> =
         units.iter().enumerate().flat_map(|(u, full)| layout.unflatten(u, full)).collect();
     names
@@ -57,17 +56,17 @@ pub fn read_whole(
 /// read (each checked against its sha256 first), out of their mappings, one saved slice at a time:
 /// a resuming rank never holds the checkpoint, nor more than one unit of it.
 pub fn read_shard(
-    dir: &Path,
-    meta: &CheckpointMeta,
+    checkpoint: &CheckpointReader,
     layout: &Layout,
     prefix: &str,
     rank: usize,
     world: usize,
 ) -> Result<Vec<Tensor>, CheckpointError> {
+    let (dir, meta) = (&checkpoint.dir, &checkpoint.meta);
     let Some(saved) = &meta.layout else {
         // A whole-model checkpoint: each unit whole in turn, then cut.
         let file = if prefix.is_empty() { MODEL_FILE } else { OPTIMIZER_FILE };
-        let mapped = open_verified(dir, meta, file)?;
+        let mapped = checkpoint.file(file)?;
         let mut shards = Vec::with_capacity(layout.units.len());
         for (u, unit) in layout.units.iter().enumerate() {
             let mut parts = HashMap::new();
@@ -87,11 +86,9 @@ pub fn read_shard(
         return Err(different_layout(dir));
     }
     let pieces: Vec<Vec<Piece>> = layout.units.iter().map(|unit| pieces(unit, rank, world, meta.world_size)).collect();
-    let mut files = BTreeMap::new();
+    // Every file first, so a corrupt one fails before anything is copied.
     for piece in pieces.iter().flatten() {
-        if let Entry::Vacant(slot) = files.entry(piece.saved_rank) {
-            slot.insert(open_verified(dir, meta, &rank_file(piece.saved_rank))?);
-        }
+        checkpoint.file(&rank_file(piece.saved_rank))?;
     }
     let mut shards = Vec::with_capacity(layout.units.len());
     for (u, unit) in layout.units.iter().enumerate() {
@@ -99,7 +96,7 @@ pub fn read_shard(
         let mut shard: Option<Tensor> = None;
         for piece in &pieces[u] {
             let file = rank_file(piece.saved_rank);
-            let saved = copy_out(&files[&piece.saved_rank], dir, &file, &key)?;
+            let saved = copy_out(&*checkpoint.file(&file)?, dir, &file, &key)?;
             if saved.size() != [unit.shard_len(meta.world_size)] {
                 return Err(corrupt(dir, format!("{file}: `{key}` has {} elements", saved.numel())));
             }
@@ -124,9 +121,7 @@ struct Piece {
 /// Where rank `rank` of `world`'s slice of `unit` lies among the slices `saved_world` ranks saved.
 /// The padding past the unit's end is never read: it stays zero.
 fn pieces(unit: &Unit, rank: usize, world: usize, saved_world: usize) -> Vec<Piece> {
-    let len = unit.shard_len(world);
-    let start = (rank as i64 * len).min(unit.numel);
-    let end = ((rank as i64 + 1) * len).min(unit.numel);
+    let std::ops::Range { start, end } = unit.slice(world, rank);
     let saved_len = unit.shard_len(saved_world);
     let mut out = Vec::new();
     let mut next = start;
@@ -162,13 +157,13 @@ fn different_layout(dir: &Path) -> CheckpointError {
 }
 
 /// θ by parameter name (CPU, sorted by name), from a whole or a sharded checkpoint: what export and
-/// evaluation read. Only θ is copied out (the optimizer moments' pages are never touched), and a
-/// whole checkpoint's optimizer file is not even hashed.
+/// evaluation read. Only θ is copied out; the optimizer moments are read only by the sha256 check
+/// of a sharded checkpoint's rank files, and a whole checkpoint's optimizer file is not read.
 pub fn read_params(dir: &Path) -> Result<(CheckpointMeta, Vec<(String, Tensor)>), CheckpointError> {
-    let meta = read_meta(dir)?;
-    let mut named = match &meta.layout {
+    let checkpoint = CheckpointReader::open(dir)?;
+    let mut named = match &checkpoint.meta.layout {
         None => {
-            let mapped = open_verified(dir, &meta, MODEL_FILE)?;
+            let mapped = checkpoint.file(MODEL_FILE)?;
             let names: Vec<String> = mapped
                 .parse()
                 .map_err(|e| corrupt(dir, format!("{MODEL_FILE}: {e}")))?
@@ -182,14 +177,14 @@ pub fn read_params(dir: &Path) -> Result<(CheckpointMeta, Vec<(String, Tensor)>)
                 .collect::<Result<Vec<_>, _>>()?
         }
         // Rank 0 of a world of one holds every unit whole.
-        Some(layout) => read_shard(dir, &meta, layout, "", 0, 1)?
+        Some(layout) => read_shard(&checkpoint, layout, "", 0, 1)?
             .iter()
             .enumerate()
             .flat_map(|(u, full)| layout.unflatten(u, full))
             .collect(),
     };
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((meta, named))
+    Ok((checkpoint.meta, named))
 }
 
 #[cfg(test)]
@@ -240,10 +235,10 @@ mod tests {
         };
         let sharded = write_sharded(&root.path().join("sharded"), &layout, &named, 3);
         for dir in [&whole, &sharded] {
-            let meta = read_meta(dir).unwrap();
+            let checkpoint = CheckpointReader::open(dir).unwrap();
             for world in 1..=5 {
                 for rank in 0..world {
-                    let got = read_shard(dir, &meta, &layout, "", rank, world).unwrap();
+                    let got = read_shard(&checkpoint, &layout, "", rank, world).unwrap();
                     for (u, (g, e)) in got.iter().zip(expected(&layout, &named, rank, world)).enumerate() {
                         assert!(g.equal(&e), "{} unit {u}, rank {rank} of {world}", dir.display());
                     }
@@ -257,15 +252,15 @@ mod tests {
         let (layout, named) = model();
         let root = tempfile::tempdir().unwrap();
         let dir = write_sharded(root.path(), &layout, &named, 3);
-        let meta = read_meta(&dir).unwrap();
         let last = dir.join(rank_file(2));
         let mut bytes = std::fs::read(&last).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
         std::fs::write(&last, bytes).unwrap();
-        read_shard(&dir, &meta, &layout, "", 0, 3).expect("rank 0 reads only its own file");
-        let err = read_shard(&dir, &meta, &layout, "", 2, 3).unwrap_err().to_string();
+        let checkpoint = CheckpointReader::open(&dir).unwrap();
+        read_shard(&checkpoint, &layout, "", 0, 3).expect("rank 0 reads only its own file");
+        let err = read_shard(&checkpoint, &layout, "", 2, 3).unwrap_err().to_string();
         assert!(err.contains(&rank_file(2)) && err.contains("sha256"), "{err}");
-        let err = read_shard(&dir, &meta, &layout, "", 1, 2).unwrap_err().to_string();
+        let err = read_shard(&checkpoint, &layout, "", 1, 2).unwrap_err().to_string();
         assert!(err.contains(&rank_file(2)), "rank 1 of 2 reads the last third too: {err}");
     }
 }

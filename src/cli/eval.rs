@@ -9,7 +9,7 @@ use tch::{Device, Kind};
 
 use crate::checkpoint::{self, shards::read_params};
 use crate::cli::parse_device;
-use crate::config::schema::InnerOptimizerType;
+use crate::config::schema::Algorithm;
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
@@ -38,11 +38,13 @@ pub struct EvalArgs {
     /// Evaluate only these tasks (default: meta.eval_tasks, else the training tasks with a test split).
     #[arg(long, num_args = 1..)]
     pub eval_tasks: Vec<String>,
-    /// Adaptation optimizer, fresh each run (default: the one the algorithm meta-trained with:
-    /// AdamW with gradient clipping for meta_lora, meta.inner_optimizer otherwise). Only the
-    /// optimizer changes: the learning rate and clipping stay the algorithm's.
+    /// Adapt as this algorithm's inner loop does, with fresh optimizer state each run: meta_lora
+    /// is AdamW (optim's betas and weight decay) clipped to optim.clip_grad, reptile is
+    /// meta.inner_optimizer, the others SGD. Default: meta.eval_inner_rule, else the checkpoint's
+    /// own algorithm. Give the same rule to every run that is compared. (Adam's two moments take
+    /// 8 bytes per adapted parameter while a run adapts.)
     #[arg(long, value_enum)]
-    pub inner_optimizer: Option<InnerOptimizerType>,
+    pub inner_rule: Option<Algorithm>,
     /// Adaptation learning rate (default: meta.inner_lr).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -136,8 +138,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         bail!("nothing to evaluate: meta.eval_tasks is empty and no training task has a test split");
     }
 
-    let mut inner = InnerRule::of(meta, &config.optim);
-    inner.optimizer = args.inner_optimizer.unwrap_or(inner.optimizer);
+    let mut inner = match args.inner_rule {
+        Some(algorithm) => InnerRule::as_in(algorithm, meta, &config.optim),
+        None => InnerRule::for_evaluation(meta, &config.optim),
+    };
     inner.lr = args.lr.unwrap_or(inner.lr);
     let settings = FewShotSettings {
         shots: args.n_shots.clone(),

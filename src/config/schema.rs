@@ -8,8 +8,9 @@ use serde_json::{Map, Value as Json};
 
 use crate::data::Truncation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Algorithm {
     Fomaml,
     Maml,
@@ -26,7 +27,7 @@ pub enum OptimizerType {
 }
 
 /// The inner loop's optimizer (Reptile may use Adam; FOMAML is defined with SGD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InnerOptimizerType {
     Sgd,
@@ -182,6 +183,10 @@ pub struct MetaSection {
     pub tasks: Vec<TaskSection>,
     /// Held-out tasks for few-shot evaluation.
     pub eval_tasks: Vec<TaskSection>,
+    /// Few-shot evaluation (the trainer's and `fomaml eval`'s) adapts as this algorithm's inner
+    /// loop does; unset: as this run's own. Lets a baseline be evaluated exactly like the method
+    /// it is compared with (standard LoRA like META-LoRA).
+    pub eval_inner_rule: Option<Algorithm>,
 }
 
 impl Default for MetaSection {
@@ -197,6 +202,7 @@ impl Default for MetaSection {
             meta_batch_size: 4,
             query_batch_size: 4,
             fresh_support_batch_per_step: true,
+            eval_inner_rule: None,
             tasks: Vec::new(),
             eval_tasks: Vec::new(),
         }

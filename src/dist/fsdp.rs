@@ -49,6 +49,12 @@ impl Unit {
     pub fn shard_len(&self, world: usize) -> i64 {
         (self.numel + world as i64 - 1) / world as i64
     }
+
+    /// The elements of the flat buffer rank `rank` of `world` keeps (its slice, less the padding).
+    pub fn slice(&self, world: usize, rank: usize) -> std::ops::Range<i64> {
+        let len = self.shard_len(world);
+        (rank as i64 * len).min(self.numel)..((rank as i64 + 1) * len).min(self.numel)
+    }
 }
 
 /// Which unit holds each parameter; independent of the world size, so that a checkpoint written
@@ -93,12 +99,10 @@ impl Layout {
     /// Rank `rank`'s slice of a unit's full flat buffer (`numel` elements), padded with zeros.
     pub fn shard_of(&self, unit: usize, full: &Tensor, world: usize, rank: usize) -> Tensor {
         let u = &self.units[unit];
-        let len = u.shard_len(world);
-        let start = (rank as i64 * len).min(u.numel);
-        let end = ((rank as i64 + 1) * len).min(u.numel);
-        let shard = Tensor::zeros([len], (full.kind(), full.device()));
-        if end > start {
-            shard.narrow(0, 0, end - start).copy_(&full.narrow(0, start, end - start));
+        let slice = u.slice(world, rank);
+        let shard = Tensor::zeros([u.shard_len(world)], (full.kind(), full.device()));
+        if !slice.is_empty() {
+            shard.narrow(0, 0, slice.end - slice.start).copy_(&full.narrow(0, slice.start, slice.end - slice.start));
         }
         shard
     }

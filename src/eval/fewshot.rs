@@ -151,12 +151,15 @@ pub fn evaluate_task(
         for run in 0..runs {
             let theta = learner.snapshot();
             let shots = draw_shots(pool.len(), n, settings.seed, &task.name, run);
-            let batch = settings.batch_size.clamp(1, n.max(1));
-            let mut optimizer = settings.inner.start(learner);
-            for step in 0..if n == 0 { 0 } else { settings.steps } {
-                let rows: Vec<&EncodedExample> = (0..batch).map(|i| &pool[shots[(step * batch + i) % n]]).collect();
-                let (_, grads) = learner.loss_and_grads(&SftBatch::collate(&rows, learner.pad_id, learner.device))?;
-                optimizer.step(learner, &grads)?;
+            if n > 0 {
+                let batch = settings.batch_size.clamp(1, n);
+                let mut optimizer = settings.inner.start(learner);
+                for step in 0..settings.steps {
+                    let rows: Vec<&EncodedExample> = (0..batch).map(|i| &pool[shots[(step * batch + i) % n]]).collect();
+                    let (_, grads) =
+                        learner.loss_and_grads(&SftBatch::collate(&rows, learner.pad_id, learner.device))?;
+                    optimizer.step(learner, &grads)?;
+                }
             }
             let loss = score_split(learner, items, settings.batch_size)?.loss;
             let correct = correct_answers(learner, tokenizer, items, settings)?;

@@ -5,8 +5,6 @@
 //! step cannot leak into the meta-gradient and each task's graph is freed as soon as its
 //! gradient is read: peak memory does not grow with the meta-batch (DESIGN.md trap 1).
 
-use std::collections::HashMap;
-
 use tch::{Device, Kind, Tensor};
 
 use crate::config::schema::{Algorithm, InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
@@ -330,8 +328,9 @@ struct Place {
     device: Device,
 }
 
-/// The layout of `shapes` and this rank's slice of each of its units in `kind`, built one unit at
-/// a time from `read` (full tensors by name, on the host), so only one unit is ever whole.
+/// The layout of `shapes` and this rank's slice of each of its units in `kind`, copied tensor by
+/// tensor from `read` (full tensors by name, on the host): only the tensors that overlap the slice
+/// are read, one at a time, so no unit is ever whole here.
 fn shard_units(
     layers: i64,
     shapes: &[(String, Vec<i64>)],
@@ -341,16 +340,23 @@ fn shard_units(
 ) -> Result<(Layout, Vec<Tensor>), ModelError> {
     let layout = Layout::new(layers, shapes).expect("every parameter of the decoder belongs to a unit");
     let mut shards = Vec::with_capacity(layout.units.len());
-    for (u, unit) in layout.units.iter().enumerate() {
-        let full: HashMap<&str, Tensor> = unit
-            .params
-            .iter()
-            .map(|(name, _)| Ok((name.as_str(), read(name)?.to_kind(kind))))
-            .collect::<Result<_, ModelError>>()?;
-        let flat = layout.flatten(u, |name| full[name].shallow_clone()).to_kind(kind);
+    for unit in &layout.units {
+        let slice = unit.slice(place.world, place.rank);
+        let shard = Tensor::zeros([unit.shard_len(place.world)], (kind, Device::Cpu));
+        // The unit's flat buffer is its tensors flattened in order (Layout::flatten).
+        let mut offset = 0;
+        for (name, shape) in &unit.params {
+            let numel: i64 = shape.iter().product();
+            let (from, to) = (slice.start.max(offset), slice.end.min(offset + numel));
+            if from < to {
+                let part = read(name)?.reshape([-1]).narrow(0, from - offset, to - from);
+                shard.narrow(0, from - slice.start, to - from).copy_(&part);
+            }
+            offset += numel;
+        }
         // A unit with no parameters (the embeddings under LoRA) is an empty buffer, which must
         // still live on the device: the gradient norm stacks every unit's.
-        shards.push(layout.shard_of(u, &flat, place.world, place.rank).to_device(place.device));
+        shards.push(shard.to_device(place.device));
     }
     debug_assert!(shards.iter().all(|t| t.device() == place.device), "a shard left the learner's device");
     Ok((layout, shards))
@@ -407,12 +413,23 @@ impl InnerRule {
         Self { optimizer: InnerOptimizerType::Sgd, lr, clip_grad: None, adam }
     }
 
-    /// The inner loop `meta.algorithm` trains with. META-LoRA: AdamW with the outer optimizer's
-    /// betas and weight decay, gradients clipped to `optim.clip_grad`. Every other algorithm:
-    /// `meta.inner_optimizer`, SGD or Adam without weight decay (Reptile's option), unclipped.
+    /// The inner loop `meta.algorithm` trains with.
     pub fn of(meta: &MetaSection, optim: &OptimSection) -> Self {
+        Self::as_in(meta.algorithm, meta, optim)
+    }
+
+    /// The inner loop few-shot evaluation adapts with: `meta.eval_inner_rule`'s, else the run's own.
+    pub fn for_evaluation(meta: &MetaSection, optim: &OptimSection) -> Self {
+        Self::as_in(meta.eval_inner_rule.unwrap_or(meta.algorithm), meta, optim)
+    }
+
+    /// The inner loop of `algorithm` under these settings. META-LoRA: AdamW with the outer
+    /// optimizer's betas and weight decay, gradients clipped to `optim.clip_grad`. Every other
+    /// algorithm: `meta.inner_optimizer`, SGD or Adam without weight decay (Reptile's option),
+    /// unclipped.
+    pub fn as_in(algorithm: Algorithm, meta: &MetaSection, optim: &OptimSection) -> Self {
         let adam = OptimSection { optimizer_type: OptimizerType::AdamW, ..optim.clone() };
-        if meta.algorithm == Algorithm::MetaLora {
+        if algorithm == Algorithm::MetaLora {
             let clip_grad = (optim.clip_grad > 0.0).then_some(optim.clip_grad);
             return Self { optimizer: InnerOptimizerType::Adam, lr: meta.inner_lr, clip_grad, adam };
         }

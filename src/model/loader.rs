@@ -2,7 +2,7 @@
 //!
 //! Files are memory-mapped and each tensor is copied out, converted and moved on its own, so peak
 //! host memory is one tensor beyond the mapped (page-cache backed, reclaimable) file; the sharded
-//! trainer reads them through [`MappedWeights`] one unit at a time.
+//! trainer reads them through [`MappedWeights`], only the tensors that overlap its slices.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -120,7 +120,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, kind: Kind, device: Device) -
 
 /// A checkpoint's safetensors files, mapped and validated against the config (every mismatch
 /// reported at once, from the headers alone), read one tensor at a time. The sharded trainer
-/// builds its slices from it unit by unit, so no rank ever holds the whole model.
+/// builds its slices from it tensor by tensor, so no rank ever holds the whole model.
 pub struct MappedWeights {
     files: Vec<PathBuf>,
     mapped: Vec<MappedSafetensors>,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::checkpoint::shards::{rank_file, read_shard, read_whole, state_name};
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta, CheckpointReader};
 use crate::cli::device_for_rank;
 use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
@@ -273,7 +273,7 @@ impl Trainer {
     fn evaluate(&self) -> Result<Vec<(String, f64)>, CommError> {
         let meta = &self.config.meta;
         let steps = [0, meta.num_inner_steps];
-        let rule = InnerRule::of(meta, &self.config.optim);
+        let rule = InnerRule::for_evaluation(meta, &self.config.optim);
         let mut curves = Vec::new();
         for (task, split) in &self.eval_tasks {
             let curve = adaptation_curve(&self.learner, task, &steps, &rule, meta.inner_batch_size, *split)?;
@@ -379,7 +379,9 @@ impl Trainer {
                 None => bail!("checkpoint.resume_mode is resume_path but checkpoint.resume_path is not set"),
             },
         };
-        let meta = checkpoint::read_meta(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let checkpoint =
+            CheckpointReader::open(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let meta = &checkpoint.meta;
         let state: TrainState = serde_json::from_value(meta.state.clone())
             .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;
         let layout = self.learner.layout();
@@ -388,8 +390,8 @@ impl Trainer {
         let names = self.learner.names().to_vec();
         let read = |prefix: &str| {
             match shard {
-                Some((rank, world)) => read_shard(&dir, &meta, &layout, prefix, rank, world),
-                None => read_whole(&dir, &meta, &layout, prefix, &names),
+                Some((rank, world)) => read_shard(&checkpoint, &layout, prefix, rank, world),
+                None => read_whole(&checkpoint, &layout, prefix, &names),
             }
             .with_context(|| format!("cannot resume from {}", dir.display()))
         };

@@ -53,7 +53,10 @@ pub fn check(config: &Config, world_size: usize) -> Result<()> {
         }
     }
     if meta.inner_optimizer != InnerOptimizerType::Sgd && meta.algorithm != Algorithm::Reptile {
-        bail!("meta.inner_optimizer: adam is for algorithm reptile; {:?} adapts with SGD", meta.algorithm);
+        bail!(
+            "meta.inner_optimizer: adam is for algorithm reptile ({:?}'s inner loop is fixed: AdamW for meta_lora, SGD otherwise)",
+            meta.algorithm
+        );
     }
     let second_order = meta.algorithm == Algorithm::Maml || (meta.algorithm == Algorithm::Fomaml && !meta.use_fomaml);
     if second_order && world_size > 1 {
