@@ -493,33 +493,21 @@ impl InnerOptimizer {
     }
 }
 
-/// The inner loop: `steps` SGD steps on support batches of `batch_size` from the task's sampler
-/// (a fresh batch per step, or the first reused when `fresh_batches` is off). θ is left at θ′.
+/// The inner loop as `meta` sets it: K = `meta.num_inner_steps` steps of `rule` (fresh optimizer
+/// state) on support batches of `meta.inner_batch_size` from the task's sampler, a fresh batch per
+/// step unless `meta.fresh_support_batch_per_step` is off. θ is left at θ′.
 pub fn adapt(
     learner: &Learner,
     task: &mut TaskData,
-    steps: usize,
-    lr: f64,
-    batch_size: usize,
-    fresh_batches: bool,
+    meta: &MetaSection,
+    rule: &InnerRule,
 ) -> Result<Adaptation, CommError> {
-    adapt_with(learner, task, steps, batch_size, fresh_batches, &mut InnerRule::sgd(lr).start(learner))
-}
-
-/// [`adapt`] with any inner optimizer.
-pub fn adapt_with(
-    learner: &Learner,
-    task: &mut TaskData,
-    steps: usize,
-    batch_size: usize,
-    fresh_batches: bool,
-    optimizer: &mut InnerOptimizer,
-) -> Result<Adaptation, CommError> {
+    let mut optimizer = rule.start(learner);
     let mut out = Adaptation::default();
     let mut batch = None;
-    for step in 0..steps {
-        if step == 0 || fresh_batches {
-            batch = Some(task.next_batch(Split::Support, batch_size, learner.pad_id, learner.device));
+    for step in 0..meta.num_inner_steps {
+        if step == 0 || meta.fresh_support_batch_per_step {
+            batch = Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
         }
         let batch = batch.as_ref().expect("drawn at step 0");
         let (loss, grads) = learner.loss_and_grads(batch)?;

@@ -6,7 +6,7 @@
 //!     θ′ ← θ                               restored bit for bit
 //! g = mean_i g_i                           (clipped and applied by the outer optimizer)
 
-use super::core::{accumulate, adapt, zero_, Learner};
+use super::core::{accumulate, adapt, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -24,14 +24,7 @@ pub fn meta_gradient(
     let scale = 1.0 / tasks.len() as f64;
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut inner = adapt(
-            learner,
-            task,
-            meta.num_inner_steps,
-            meta.inner_lr,
-            meta.inner_batch_size,
-            meta.fresh_support_batch_per_step,
-        )?;
+        let mut inner = adapt(learner, task, meta, &InnerRule::sgd(meta.inner_lr))?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (query_loss, grads) = learner.loss_and_grads(&query)?;
         accumulate(meta_grad, &grads, scale);

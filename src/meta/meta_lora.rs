@@ -10,7 +10,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, adapt_with, zero_, InnerRule, Learner};
+use super::core::{accumulate, adapt, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
@@ -30,14 +30,7 @@ pub fn meta_gradient(
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
         // Stage 1: adapt this task's copy of the adapter.
-        let mut adaptation = adapt_with(
-            learner,
-            task,
-            meta.num_inner_steps,
-            meta.inner_batch_size,
-            meta.fresh_support_batch_per_step,
-            &mut rule.start(learner),
-        )?;
+        let mut adaptation = adapt(learner, task, meta, &rule)?;
         // Stage 2: the query gradient at the adapted adapter, into the shared update.
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let (query_loss, grads) = learner.loss_and_grads(&query)?;

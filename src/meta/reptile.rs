@@ -11,7 +11,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, adapt_with, zero_, InnerRule, Learner};
+use super::core::{accumulate, adapt, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
@@ -30,14 +30,7 @@ pub fn direction(
     let rule = InnerRule::of(meta, optim);
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
-        let mut adaptation = adapt_with(
-            learner,
-            task,
-            meta.num_inner_steps,
-            meta.inner_batch_size,
-            meta.fresh_support_batch_per_step,
-            &mut rule.start(learner),
-        )?;
+        let mut adaptation = adapt(learner, task, meta, &rule)?;
         let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
         let query_loss = learner.loss_value(&query)?;
         // direction += (θ − θ_i) / n
