@@ -64,23 +64,18 @@ pub fn read_shard(
 ) -> Result<Vec<Tensor>, CheckpointError> {
     let (dir, meta) = (&checkpoint.dir, &checkpoint.meta);
     let Some(saved) = &meta.layout else {
-        // A whole-model checkpoint: each unit whole in turn, then cut.
+        // A whole-model checkpoint: the tensors by name that overlap this rank's slices.
         let file = if prefix.is_empty() { MODEL_FILE } else { OPTIMIZER_FILE };
         let mapped = checkpoint.file(file)?;
-        let mut shards = Vec::with_capacity(layout.units.len());
-        for (u, unit) in layout.units.iter().enumerate() {
-            let mut parts = HashMap::new();
-            for (name, shape) in &unit.params {
-                let key = state_name(prefix, name);
-                let t = copy_out(&mapped, dir, file, &key)?;
-                if &t.size() != shape {
-                    return Err(corrupt(dir, format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size())));
-                }
-                parts.insert(name.as_str(), t.to_kind(Kind::Float));
+        let read = |name: &str, shape: &[i64]| {
+            let key = state_name(prefix, name);
+            let t = copy_out(&mapped, dir, file, &key)?;
+            if t.size() != shape {
+                return Err(corrupt(dir, format!("{file}: `{key}` has shape {:?}, the model {shape:?}", t.size())));
             }
-            shards.push(layout.shard_of(u, &layout.flatten(u, |name| parts[name].shallow_clone()), world, rank));
-        }
-        return Ok(shards);
+            Ok(t)
+        };
+        return (0..layout.units.len()).map(|u| layout.slice_from(u, world, rank, Kind::Float, read)).collect();
     };
     if saved != layout {
         return Err(different_layout(dir));

@@ -107,6 +107,33 @@ impl Layout {
         shard
     }
 
+    /// [`Layout::shard_of`] of the unit's [`Layout::flatten`] in `kind` (on the CPU), copied tensor
+    /// by tensor from `read` (a parameter's full tensor, given its name and shape): only the
+    /// tensors that overlap the slice are read, so the unit is never whole.
+    pub fn slice_from<E>(
+        &self,
+        unit: usize,
+        world: usize,
+        rank: usize,
+        kind: Kind,
+        mut read: impl FnMut(&str, &[i64]) -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let u = &self.units[unit];
+        let slice = u.slice(world, rank);
+        let shard = Tensor::zeros([u.shard_len(world)], (kind, Device::Cpu));
+        let mut offset = 0;
+        for (name, shape) in &u.params {
+            let numel: i64 = shape.iter().product();
+            let (from, to) = (slice.start.max(offset), slice.end.min(offset + numel));
+            if from < to {
+                let part = read(name, shape)?.reshape([-1]).narrow(0, from - offset, to - from);
+                shard.narrow(0, from - slice.start, to - from).copy_(&part);
+            }
+            offset += numel;
+        }
+        Ok(shard)
+    }
+
     /// Named views into a unit's full flat buffer.
     pub fn unflatten(&self, unit: usize, full: &Tensor) -> Vec<(String, Tensor)> {
         let mut offset = 0;

@@ -61,10 +61,11 @@ impl Learner {
         learner
     }
 
-    /// θ sharded across the communicator's ranks straight from a checkpoint, FSDP-style: each unit
-    /// is read, flattened and cut on the host in turn, and only this rank's slice of it reaches
-    /// `device`, so no rank ever holds the whole model, on the host or on the device. With `lora`,
-    /// θ is that adapter and the checkpoint is its frozen base (kept in the compute dtype).
+    /// θ sharded across the communicator's ranks straight from a checkpoint, FSDP-style: of each
+    /// unit, only the tensors overlapping this rank's slice are read, one at a time on the host, and
+    /// only the slice reaches `device`, so no rank ever holds the whole model, on the host or on the
+    /// device. With `lora`, θ is that adapter and the checkpoint is its frozen base (kept in the
+    /// compute dtype).
     pub fn load_sharded(
         cfg: ModelConfig,
         checkpoint: &MappedWeights,
@@ -328,9 +329,8 @@ struct Place {
     device: Device,
 }
 
-/// The layout of `shapes` and this rank's slice of each of its units in `kind`, copied tensor by
-/// tensor from `read` (full tensors by name, on the host): only the tensors that overlap the slice
-/// are read, one at a time, so no unit is ever whole here.
+/// The layout of `shapes` and this rank's slice of each of its units in `kind`, from `read` (full
+/// tensors by name, on the host) through [`Layout::slice_from`].
 fn shard_units(
     layers: i64,
     shapes: &[(String, Vec<i64>)],
@@ -340,20 +340,8 @@ fn shard_units(
 ) -> Result<(Layout, Vec<Tensor>), ModelError> {
     let layout = Layout::new(layers, shapes).expect("every parameter of the decoder belongs to a unit");
     let mut shards = Vec::with_capacity(layout.units.len());
-    for unit in &layout.units {
-        let slice = unit.slice(place.world, place.rank);
-        let shard = Tensor::zeros([unit.shard_len(place.world)], (kind, Device::Cpu));
-        // The unit's flat buffer is its tensors flattened in order (Layout::flatten).
-        let mut offset = 0;
-        for (name, shape) in &unit.params {
-            let numel: i64 = shape.iter().product();
-            let (from, to) = (slice.start.max(offset), slice.end.min(offset + numel));
-            if from < to {
-                let part = read(name)?.reshape([-1]).narrow(0, from - offset, to - from);
-                shard.narrow(0, from - slice.start, to - from).copy_(&part);
-            }
-            offset += numel;
-        }
+    for u in 0..layout.units.len() {
+        let shard = layout.slice_from(u, place.world, place.rank, kind, |name, _| read(name))?;
         // A unit with no parameters (the embeddings under LoRA) is an empty buffer, which must
         // still live on the device: the gradient norm stacks every unit's.
         shards.push(shard.to_device(place.device));
