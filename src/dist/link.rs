@@ -149,7 +149,7 @@ pub(crate) struct Peer {
     stream: TcpStream,
     tx: Option<Sender<Outgoing>>,
     writer: Option<JoinHandle<()>>,
-    write_error: Arc<Mutex<Option<String>>>,
+    write_error: Arc<Mutex<Option<(io::ErrorKind, String)>>>,
 }
 
 impl Peer {
@@ -169,7 +169,7 @@ impl Peer {
                     r = out.write_all(&buf[range.clone()]);
                 }
                 if let Err(e) = r {
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((e.kind(), e.to_string()));
                     // Wakes our own reader too, which then reports this error instead of waiting.
                     let _ = out.shutdown(Shutdown::Both);
                     return;
@@ -187,8 +187,10 @@ impl Peer {
         }
     }
 
-    pub fn write_error(&self) -> Option<String> {
-        self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Why the writer stopped, if it did.
+    pub fn write_error(&self) -> Option<io::Error> {
+        let failed = self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        failed.map(|(kind, message)| io::Error::new(kind, message))
     }
 
     /// The next frame's header, waiting at most `timeout` for each piece of it.
@@ -226,7 +228,7 @@ impl Peer {
     }
 }
 
-/// Read errors that mean "the peer's end is gone" rather than "nothing yet".
+/// I/O errors that mean "the peer's end is gone" rather than "nothing yet" (on a read or a write).
 pub(crate) fn is_closed(e: &io::Error) -> bool {
     matches!(
         e.kind(),

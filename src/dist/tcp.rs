@@ -129,11 +129,15 @@ impl TcpComm {
         }
     }
 
-    /// A read error from peer `q` as the error to report.
+    /// A read error from peer `q` as the error to report. A failed write shuts our own socket, so
+    /// then the read error says nothing and the write error decides: a broken pipe or reset means
+    /// the peer went away, like an end of file on the read side (which of the two a rank sees first
+    /// is a race).
     fn link_error(&self, desc: &OpDesc, q: usize, e: io::Error) -> CommError {
         let (op, seq, rank) = (desc.op, desc.seq, self.rank);
         let write_error = self.peers[q].as_ref().and_then(Peer::write_error);
         match write_error {
+            Some(w) if is_closed(&w) => CommError::PeerClosed { op, seq, rank, peer: q },
             Some(w) => CommError::Link { op, seq, rank, peer: q, detail: format!("sending failed: {w}") },
             None if is_closed(&e) => CommError::PeerClosed { op, seq, rank, peer: q },
             None => CommError::Link { op, seq, rank, peer: q, detail: e.to_string() },
