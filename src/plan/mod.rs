@@ -70,11 +70,16 @@ pub struct Plan {
 
 /// Bytes per element of `model.dtype`.
 fn compute_bytes(dtype: &str) -> f64 {
-    if dtype.eq_ignore_ascii_case("f32") || dtype.eq_ignore_ascii_case("fp32") || dtype == "float32" {
-        4.0
-    } else {
-        2.0
+    match dtype.to_ascii_lowercase().as_str() {
+        "f64" | "fp64" | "float64" => 8.0,
+        "f32" | "fp32" | "float32" => 4.0,
+        _ => 2.0,
     }
+}
+
+/// Bytes per element of the master copy and optimizer state: fp32, fp64 under `model.dtype: f64`.
+fn master_bytes(dtype: &str) -> f64 {
+    compute_bytes(dtype).max(4.0)
 }
 
 fn shard_elements(layout: &Layout, world: usize) -> i64 {
@@ -85,6 +90,7 @@ fn shard_elements(layout: &Layout, world: usize) -> i64 {
 pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<Gpu>) -> Result<Plan, String> {
     let world = work.gpus.max(1);
     let c = compute_bytes(&config.model.dtype);
+    let w = master_bytes(&config.model.dtype);
     let m = &config.model;
     let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)
         .map_err(|e| e.to_string())?;
@@ -105,27 +111,24 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     let snapshot = meta.algorithm != Algorithm::Sft;
 
     let mut lines = vec![
-        Line { what: "θ shard (fp32 master)", bytes: 4.0 * shard, note: format!("1/{world} of θ, padded per unit") },
-        Line { what: "update direction (meta-gradient)", bytes: 4.0 * shard, note: "fp32 shard".into() },
+        Line { what: "θ shard (fp32 master)", bytes: w * shard, note: format!("1/{world} of θ, padded per unit") },
+        Line { what: "update direction (meta-gradient)", bytes: w * shard, note: "fp32 shard".into() },
         Line {
             what: "optimizer moments",
-            bytes: if adam { 8.0 * shard } else { 0.0 },
+            bytes: if adam { 2.0 * w * shard } else { 0.0 },
             note: format!("{:?}", config.optim.optimizer_type),
         },
     ];
     let rank_state_bytes = lines.iter().map(|l| l.bytes).sum();
-    lines.push(Line { what: "one batch's gradient", bytes: 4.0 * shard, note: "fp32 shard, reduce-scattered".into() });
+    lines.push(Line { what: "one batch's gradient", bytes: w * shard, note: "fp32 shard, reduce-scattered".into() });
     if snapshot {
-        lines.push(Line {
-            what: "θ snapshot (restored after each task)",
-            bytes: 4.0 * shard,
-            note: "fp32 shard".into(),
-        });
+        lines
+            .push(Line { what: "θ snapshot (restored after each task)", bytes: w * shard, note: "fp32 shard".into() });
     }
     if inner_adam {
         lines.push(Line {
             what: "per-task inner Adam moments",
-            bytes: 8.0 * shard,
+            bytes: 2.0 * w * shard,
             note: "fresh for each task".into(),
         });
     }
@@ -137,7 +140,7 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     // element of θ: the fp32 copy, its compute-dtype cast, and in the backward the fp32 gradient
     // (sent to the reduce-scatter as it is); of the frozen base: its compute-dtype copy.
     let last = trainable.units.len() - 1;
-    let unit_bytes = |u: usize| trainable.units[u].numel as f64 * (8.0 + c) + frozen.units[u].numel as f64 * c;
+    let unit_bytes = |u: usize| trainable.units[u].numel as f64 * (2.0 * w + c) + frozen.units[u].numel as f64 * c;
     let tied = if model.tie_word_embeddings { unit_bytes(0) } else { 0.0 };
     let in_flight = (0..last).map(unit_bytes).fold(unit_bytes(last) + tied, f64::max);
     lines.push(Line {

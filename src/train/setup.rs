@@ -79,7 +79,9 @@ pub fn compute_kind(dtype: &str) -> Result<Kind> {
     match dtype.to_ascii_lowercase().as_str() {
         "bf16" | "bfloat16" => Ok(Kind::BFloat16),
         "f32" | "fp32" | "float32" => Ok(Kind::Float),
-        other => bail!("model.dtype `{other}` is not one of bf16, f32"),
+        // Numerical checks: fp64 compute and fp64 masters, so rounding stays far below any tolerance.
+        "f64" | "fp64" | "float64" => Ok(Kind::Double),
+        other => bail!("model.dtype `{other}` is not one of bf16, f32, f64"),
     }
 }
 
