@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::data::synthetic::SyntheticSpec;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
-use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, TaskResults};
+use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, Passes, TaskResults};
 use crate::eval::generate::GenerationConfig;
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::{InnerRule, Learner};
@@ -65,7 +65,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if let Some(steps) = args.steps {
         overrides.push(format!("trainer.total_steps={steps}"));
     }
-    let base = Config::load(&data.join("config.yaml"), &overrides)?;
+    let base = super::load_config(&data.join("config.yaml"), &overrides)?;
 
     let mut runs = Vec::new();
     for (name, algorithm) in [("fomaml", Algorithm::Fomaml), ("sft", Algorithm::Sft)] {
@@ -180,11 +180,13 @@ fn compare(config: &Config, runs: &[(&str, Option<PathBuf>)], lrs: &[f64]) -> Re
             shots: FEWSHOT_SHOTS.to_vec(),
             runs: 3,
             inner: InnerRule::sgd(chosen.lr),
-            steps: config.meta.num_inner_steps,
+            passes: Passes::AtLeastSteps(config.meta.num_inner_steps),
             batch_size: batch,
+            score_batch_size: batch,
             seed: config.trainer.seed,
             generation: GenerationConfig { max_new_tokens: 16, eos_ids: vec![tokenizer.eos_id], ..Default::default() },
             max_items: None,
+            keep_samples: false,
         };
         for task in &held_out {
             chosen.curves.push(evaluate_task(&learner, &tokenizer, task, Split::Query, &settings, &mut || {})?);

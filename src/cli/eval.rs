@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
 use crate::eval::compare::paired_bootstrap;
-use crate::eval::fewshot::{evaluate_task, from_json, to_json, FewShotSettings, TaskResults};
+use crate::eval::fewshot::{evaluate_task, from_json, to_json, FewShotSettings, Passes, TaskResults};
 use crate::eval::generate::GenerationConfig;
 use crate::meta::core::{InnerRule, Learner};
 use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
@@ -33,7 +33,7 @@ pub struct EvalArgs {
     #[arg(long, num_args = 1.., default_values_t = [0usize, 5, 10, 25, 50])]
     pub n_shots: Vec<usize>,
     /// Runs per number of shots, each with other shots drawn.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub n_runs: usize,
     /// Evaluate only these tasks (default: meta.eval_tasks, else the training tasks with a test split).
     #[arg(long, num_args = 1..)]
@@ -45,27 +45,64 @@ pub struct EvalArgs {
     /// 8 bytes per adapted parameter while a run adapts.)
     #[arg(long, value_enum)]
     pub inner_rule: Option<Algorithm>,
-    /// Adaptation learning rate (default: meta.inner_lr).
+    /// Adaptation learning rate (default: meta.inner_lr; 1e-4 under --protocol original).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Adaptation steps (default: meta.num_inner_steps).
-    #[arg(long)]
+    /// Adapt for at least this many steps, in whole passes over the shots (default:
+    /// meta.num_inner_steps, and never less than one pass).
+    #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<usize>,
-    /// Rows per adaptation and scoring batch (default: meta.inner_batch_size).
+    /// Adapt for exactly this many passes over the shots instead.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// inner-loop: adapt as the checkpoint's inner loop does (its rule, batches of
+    /// meta.inner_batch_size, at least K steps). original: as the original Python/verl trainer's
+    /// evaluation does, to set numbers beside its own: AdamW at 1e-4 (PyTorch's defaults),
+    /// gradients clipped to 1.0, 100 passes over the shots one shot at a time.
+    #[arg(long, value_enum, default_value_t = Protocol::InnerLoop)]
+    pub protocol: Protocol,
+    /// Rows per adaptation batch (default: meta.inner_batch_size; 1 under --protocol original).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Tokens generated per answer at most.
-    #[arg(long, default_value_t = 256)]
+    /// Tokens generated per answer at most; an answer cut there is scored as generated, and the
+    /// fraction cut is reported.
+    #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// Evaluate at most this many items of each task.
     #[arg(long)]
     pub max_items: Option<usize>,
-    /// Seed of the shot draws (default: trainer.seed).
+    /// Seed of the shot draws and of the order of each pass (default: trainer.seed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where the results go (JSON, the seeds' layout).
+    /// Also write every judged generation (task, shots, run, item, prompt, generated text,
+    /// extracted and gold answer, verdict, stop reason) as JSON lines to OUT with the extension
+    /// .samples.jsonl.
+    #[arg(long)]
+    pub log_samples: bool,
+    /// Where the results go (JSON: per task and number of shots, the means, each run's per-item
+    /// verdicts and how adaptation ran).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Which adaptation protocol `fomaml eval` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    InnerLoop,
+    Original,
+}
+
+/// The original evaluation's passes over the shots (its `--adaptation-steps 100` loops over
+/// the shots that many times, one shot per step).
+const ORIGINAL_PASSES: usize = 100;
+const ORIGINAL_BATCH_SIZE: usize = 1;
+
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,12 +119,24 @@ pub struct CompareArgs {
     pub level: f64,
 }
 
-/// θ to evaluate: the checkpoint's (full or LoRA over its base), or the config's model as it is.
+/// θ to evaluate: the checkpoint's (full, or LoRA over its base), or the config's model as it is
+/// — under `model.lora_rank > 0` with a fresh adapter (B = 0, so the model is unchanged until it
+/// adapts), as the LoRA runs adapt.
 fn learner(config: &Config, checkpoint: Option<&Path>, pad_id: i64, device: Device, kind: Kind) -> Result<Learner> {
     let model_dir = Path::new(&config.model.partial_pretrain);
     let cfg = ModelConfig::from_dir(model_dir).context("model.partial_pretrain")?;
     let base = load_weights(model_dir, &cfg, Kind::Float, Device::Cpu).context("model.partial_pretrain")?;
-    let Some(dir) = checkpoint else { return Ok(Learner::new(cfg, base, device, kind, pad_id)) };
+    let m = &config.model;
+    let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?;
+    let Some(dir) = checkpoint else {
+        return Ok(match lora {
+            Some(lora) => {
+                let adapter = lora.init_adapter(&cfg, config.trainer.seed);
+                Learner::with_lora(cfg, base, adapter, lora, device, kind, pad_id)
+            }
+            None => Learner::new(cfg, base, device, kind, pad_id),
+        });
+    };
     let (_, params) = read_params(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
     let mut weights = Weights::new();
     for (name, t) in params {
@@ -96,15 +145,37 @@ fn learner(config: &Config, checkpoint: Option<&Path>, pad_id: i64, device: Devi
     if !weights.names().iter().any(|n| n.contains(".lora_")) {
         return Ok(Learner::new(cfg, weights, device, kind, pad_id));
     }
-    let m = &config.model;
-    let lora = LoraConfig::from_settings(m.lora_rank, m.lora_alpha, m.lora_dropout, &m.target_modules)?
-        .with_context(|| format!("{}: LoRA tensors, but model.lora_rank is 0 in the config", dir.display()))?;
+    let lora =
+        lora.with_context(|| format!("{}: LoRA tensors, but model.lora_rank is 0 in the config", dir.display()))?;
     Ok(Learner::with_lora(cfg, base, weights, lora, device, kind, pad_id))
+}
+
+/// The adaptation `args` ask for: the rule, the passes and the batch size.
+fn adaptation(args: &EvalArgs, config: &Config) -> (InnerRule, Passes, usize) {
+    let meta = &config.meta;
+    let (mut inner, mut passes, batch_size) = match args.protocol {
+        Protocol::InnerLoop => {
+            let inner = match args.inner_rule {
+                Some(algorithm) => InnerRule::as_in(algorithm, meta, &config.optim),
+                None => InnerRule::for_evaluation(meta, &config.optim),
+            };
+            (inner, Passes::AtLeastSteps(meta.num_inner_steps), meta.inner_batch_size)
+        }
+        Protocol::Original => (InnerRule::original_evaluation(), Passes::Exactly(ORIGINAL_PASSES), ORIGINAL_BATCH_SIZE),
+    };
+    inner.lr = args.lr.unwrap_or(inner.lr);
+    if let Some(steps) = args.steps {
+        passes = Passes::AtLeastSteps(steps);
+    }
+    if let Some(epochs) = args.epochs {
+        passes = Passes::Exactly(epochs);
+    }
+    (inner, passes, args.batch_size.unwrap_or(batch_size))
 }
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let config = match (&args.config, &args.checkpoint) {
-        (Some(path), _) => Config::load(path, &[])?,
+        (Some(path), _) => super::load_config(path, &[])?,
         (None, Some(dir)) => {
             let meta = checkpoint::read_meta(dir).with_context(|| format!("checkpoint {}", dir.display()))?;
             Config::from_yaml(&meta.config, &format!("{}'s config", dir.display()), &[])?
@@ -138,17 +209,17 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         bail!("nothing to evaluate: meta.eval_tasks is empty and no training task has a test split");
     }
 
-    let mut inner = match args.inner_rule {
-        Some(algorithm) => InnerRule::as_in(algorithm, meta, &config.optim),
-        None => InnerRule::for_evaluation(meta, &config.optim),
-    };
-    inner.lr = args.lr.unwrap_or(inner.lr);
+    if args.protocol == Protocol::Original && args.inner_rule.is_some() {
+        bail!("--inner-rule picks the inner loop's rule; --protocol original has its own (AdamW at 1e-4)");
+    }
+    let (inner, passes, batch_size) = adaptation(args, &config);
     let settings = FewShotSettings {
         shots: args.n_shots.clone(),
         runs: args.n_runs,
         inner,
-        steps: args.steps.unwrap_or(meta.num_inner_steps),
-        batch_size: args.batch_size.unwrap_or(meta.inner_batch_size),
+        passes,
+        batch_size,
+        score_batch_size: meta.inner_batch_size.max(1),
         seed: args.seed.unwrap_or(config.trainer.seed),
         generation: GenerationConfig {
             max_new_tokens: args.max_new_tokens,
@@ -156,10 +227,14 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
             ..Default::default()
         },
         max_items: args.max_items,
+        keep_samples: args.log_samples,
     };
+    if settings.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     println!(
-        "adapting on the shots: {} steps of {}, batches of up to {} rows",
-        settings.steps, settings.inner, settings.batch_size
+        "adapting on the shots: {}; {}; batches of up to {} rows, reshuffled each pass",
+        settings.inner, settings.passes, settings.batch_size
     );
     let runs_per_task: usize = args.n_shots.iter().map(|&n| if n == 0 { 1 } else { args.n_runs.max(1) }).sum();
     let bar = ProgressBar::new((runs_per_task * tasks.len()) as u64);
@@ -180,16 +255,38 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     crate::fsutil::write_atomically(&args.out, |f| std::io::Write::write_all(f, &json))?;
     print!("{}", table(&results));
     println!("results -> {}", args.out.display());
+    if args.log_samples {
+        let path = samples_path(&args.out);
+        let samples = results.iter().flat_map(|t| &t.by_shots).flat_map(|(_, r)| &r.runs).flat_map(|r| &r.samples);
+        crate::fsutil::write_atomically(&path, |f| {
+            let mut w = std::io::BufWriter::new(f);
+            for sample in samples {
+                serde_json::to_writer(&mut w, sample).map_err(std::io::Error::other)?;
+                std::io::Write::write_all(&mut w, b"\n")?;
+            }
+            std::io::Write::flush(&mut w)
+        })?;
+        println!("samples -> {}", path.display());
+    }
     Ok(())
 }
 
-/// Per task and number of shots: loss and accuracy, mean ± std over runs.
+/// Where `--log-samples` writes: beside the results, `results.json` → `results.samples.jsonl`.
+pub fn samples_path(out: &Path) -> PathBuf {
+    out.with_extension("samples.jsonl")
+}
+
+/// Per task and number of shots: loss and accuracy, mean ± std over runs, and the generations
+/// the token budget cut.
 fn table(results: &[TaskResults]) -> String {
-    let mut out = String::from("| task | shots | loss | accuracy |\n|---|---|---|---|\n");
+    let mut out =
+        String::from("| task | shots | steps | loss | accuracy | cut at max tokens |\n|---|---|---|---|---|---|\n");
     for t in results {
         for (n, r) in &t.by_shots {
+            let steps = r.adaptation.as_ref().map_or("–".into(), |a| a.steps.to_string());
+            let cut = r.truncated_fraction.map_or("–".into(), |f| format!("{:.1}%", 100.0 * f));
             out += &format!(
-                "| {} | {n} | {:.4} ± {:.4} | {:.1}% ± {:.1}% |\n",
+                "| {} | {n} | {steps} | {:.4} ± {:.4} | {:.1}% ± {:.1}% | {cut} |\n",
                 t.task,
                 r.loss_mean,
                 r.loss_std,
@@ -214,19 +311,23 @@ pub fn run_compare(args: &CompareArgs) -> Result<()> {
     let (a, b) = (read_results(&args.a)?, read_results(&args.b)?);
     let rows = paired_bootstrap(&a, &b, args.resamples, args.level, 0)?;
     println!("A = {}\nB = {}", args.a.display(), args.b.display());
-    println!("| shots | tasks | pairs | accuracy A | accuracy B | B − A | {:.0}% interval |", 100.0 * args.level);
+    println!(
+        "| shots | tasks | items | accuracy A | accuracy B | B − A | {:.0}% interval (items resampled within tasks) |",
+        100.0 * args.level
+    );
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
+        let d = r.difference;
         println!(
             "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1} pts | [{:+.1}, {:+.1}] |",
             r.shots,
             r.tasks,
-            r.pairs,
+            r.items,
             100.0 * r.accuracy_a,
             100.0 * r.accuracy_b,
-            100.0 * r.difference,
-            100.0 * r.low,
-            100.0 * r.high
+            100.0 * d.mean,
+            100.0 * d.low,
+            100.0 * d.high
         );
     }
     Ok(())

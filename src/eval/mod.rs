@@ -70,11 +70,15 @@ pub fn adaptation_curve(
     let support = task.examples(Split::Support);
     let target = task.examples(eval_split);
     let last = at_steps.iter().copied().max().unwrap_or(0);
-    let mut losses = Vec::with_capacity(at_steps.len());
+    // One score per entry of `at_steps`, repeats included (K = 0 asks for step 0 twice).
+    let mut losses: Vec<Option<SplitScore>> = vec![None; at_steps.len()];
     let mut optimizer = rule.start(learner);
     for step in 0..=last {
         if at_steps.contains(&step) {
-            losses.push(score_split(learner, target, batch_size)?);
+            let score = score_split(learner, target, batch_size)?;
+            for (slot, _) in losses.iter_mut().zip(at_steps).filter(|(_, s)| **s == step) {
+                *slot = Some(score);
+            }
         }
         if step == last {
             break;
@@ -85,6 +89,7 @@ pub fn adaptation_curve(
         let (_, grads) = learner.loss_and_grads(&batch)?;
         optimizer.step(learner, &grads)?;
     }
+    let losses = losses.into_iter().map(|s| s.expect("every step up to the last is scored")).collect();
     learner.restore(&theta);
     Ok(losses)
 }

@@ -401,6 +401,20 @@ impl InnerRule {
         Self { optimizer: InnerOptimizerType::Sgd, lr, clip_grad: None, adam }
     }
 
+    /// The original Python/verl trainer's few-shot adaptation: `torch.optim.AdamW(params, lr=1e-4)`
+    /// as PyTorch defaults it (betas (0.9, 0.999), eps 1e-8, weight decay 0.01), gradients
+    /// clipped to norm 1.0.
+    pub fn original_evaluation() -> Self {
+        let adam = OptimSection {
+            optimizer_type: OptimizerType::AdamW,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            ..OptimSection::default()
+        };
+        Self { optimizer: InnerOptimizerType::Adam, lr: 1e-4, clip_grad: Some(1.0), adam }
+    }
+
     /// The inner loop `meta.algorithm` trains with.
     pub fn of(meta: &MetaSection, optim: &OptimSection) -> Self {
         Self::as_in(meta.algorithm, meta, optim)

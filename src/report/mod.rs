@@ -1,6 +1,7 @@
 //! Comparison report over several methods' few-shot results and training logs: a markdown file plus PNG plots that
 //! reproduce the seed document's three-panel figure (few-shot curve, compute cost, accuracy vs cost).
 
+mod intervals;
 mod plot;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -44,6 +45,8 @@ struct TrainStats {
 struct Method<'a> {
     input: &'a MethodInput,
     tasks: Vec<TaskResults>,
+    /// The per-item results, when the file is `fomaml eval`'s (for intervals).
+    detailed: Option<Vec<crate::eval::fewshot::TaskResults>>,
     train: Option<TrainStats>,
 }
 
@@ -62,8 +65,9 @@ pub fn write_report(methods: &[MethodInput], out_dir: &Path, summary_shots: usiz
     let mut loaded = Vec::with_capacity(methods.len());
     for input in methods {
         let tasks = parse_results(&input.results)?;
+        let detailed = per_item_results(&input.results);
         let train = input.metrics.as_deref().map(parse_metrics).transpose()?;
-        loaded.push(Method { input, tasks, train });
+        loaded.push(Method { input, tasks, detailed, train });
     }
     fs::create_dir_all(out_dir).with_context(|| format!("creating output directory {}", out_dir.display()))?;
     // Everything is rendered into a staging directory first, so a failure part-way leaves the previous report intact.
@@ -138,6 +142,15 @@ fn parse_results(path: &Path) -> Result<Vec<TaskResults>> {
         tasks.push(TaskResults { name: task.clone(), shots });
     }
     Ok(tasks)
+}
+
+/// `fomaml eval`'s per-item verdicts, or None for a file without them (parse_results has
+/// already checked what the report needs).
+fn per_item_results(path: &Path) -> Option<Vec<crate::eval::fewshot::TaskResults>> {
+    let value: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
+    let results = crate::eval::fewshot::from_json(&value, &path.display().to_string()).ok()?;
+    let has_items = results.iter().flat_map(|t| &t.by_shots).all(|(_, s)| s.runs.iter().any(|r| !r.correct.is_empty()));
+    has_items.then_some(results)
 }
 
 fn parse_metrics(path: &Path) -> Result<TrainStats> {
@@ -313,12 +326,23 @@ fn render(methods: &[Method], dir: &Path, summary_shots: usize) -> Result<Vec<St
          training time is the sum of `perf/step_time_s`; peak memory is the max of `perf/peak_gpu_mib`, else of \
          `perf/peak_rss_mib`.\n",
     );
+    let detailed: Vec<intervals::Detailed> =
+        methods.iter().map(|m| intervals::Detailed { label: &m.input.label, results: m.detailed.as_deref() }).collect();
+    for m in methods.iter().filter(|m| m.detailed.is_none()) {
+        notes.push(format!(
+            "{}: the results file has no per-item verdicts, so it has no intervals.",
+            md(&m.input.label)
+        ));
+    }
+    let interval_section = intervals::section(&detailed);
     if !notes.is_empty() {
         out.push_str("\nNotes:\n\n");
         for n in &notes {
             writeln!(out, "- {n}")?;
         }
     }
+
+    out.push_str(&interval_section.unwrap_or_default());
 
     let curves: Vec<plot::Curve> = methods
         .iter()
