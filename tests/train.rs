@@ -86,6 +86,40 @@ fn one_step_meta_gradient_equals_the_query_gradient_at_the_adapted_weights() {
     }
 }
 
+/// Issue: K = 0 (the multi-task control) is the query gradient at θ itself, and a run with it
+/// trains and evaluates periodically (it died at step 1 with "support loss NaN"; evaluation panicked).
+#[test]
+fn zero_inner_steps_is_the_query_gradient_at_theta_and_trains() {
+    let mut run = synthetic_run(&small_spec());
+    let meta = &mut run.config.meta;
+    (meta.num_inner_steps, meta.query_batch_size) = (0, 8);
+    let parts = parts(&run.config);
+    let learner = learner(&run.config, &parts);
+    let mut all = tasks(&run.config, &parts);
+    let grad = learner.zeros_like_params();
+    let task = &mut all[0];
+    let query = batch_of(task.examples(Split::Query), parts.tokenizer.pad_id);
+    meta_gradient(&learner, &mut [task], &run.config.meta, &grad).unwrap();
+    let dir = Path::new(&run.config.model.partial_pretrain);
+    let theta = load_weights(dir, &parts.cfg, Kind::Float, Device::Cpu).unwrap().requires_grad();
+    let logits =
+        CausalLm::new(&parts.cfg, &theta).unwrap().forward(&query.input_ids, Some(&query.attention_mask), None);
+    sft_loss(&logits, &query.input_ids, &query.loss_mask).backward();
+    for ((name, expected), got) in theta.iter().zip(&grad) {
+        let err = relative_error(got, &expected.grad());
+        assert!(err < 1e-5, "{name}: relative error {err}");
+    }
+
+    (run.config.trainer.total_steps, run.config.trainer.test_freq) = (2, 1);
+    let summary = Trainer::new(run.config.clone()).unwrap().run().unwrap();
+    let record = summary.last_record.unwrap();
+    let value = |key: &str| record.scalars.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    assert!(value("meta/loss").is_some_and(f64::is_finite));
+    assert!(value("eval/loss_after_adaptation").is_some_and(f64::is_finite));
+    assert_eq!(value("eval/loss_after_adaptation"), value("eval/loss_before_adaptation"), "K = 0 adapts nothing");
+    assert_eq!(value("meta/avg_support_loss"), None, "no support loss without inner steps");
+}
+
 /// (b) θ is bit-identical after a meta-gradient over several tasks with several inner steps.
 #[test]
 fn theta_is_restored_bit_for_bit() {

@@ -53,7 +53,7 @@ fn meta_step_peak_memory_does_not_grow_with_the_meta_batch() {
                 name: format!("t{t}"),
                 support_files: file.clone(),
                 query_files: file,
-                test_files: Vec::new(),
+                ..Default::default()
             };
             TaskData::load(&section, &encoding, &config.data, 0, 0, 1).unwrap()
         })

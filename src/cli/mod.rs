@@ -14,8 +14,24 @@ pub mod prepare_data;
 pub mod report;
 pub mod train;
 
+use std::path::Path;
+
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
+
+use crate::config::Config;
+
+/// The config of a command, its notices (original-trainer keys without effect, translated
+/// spellings) printed to stderr once: by rank 0 when a launcher started several.
+pub fn load_config(path: &Path, overrides: &[String]) -> Result<Config> {
+    let resolved = Config::resolve(path, overrides)?;
+    if std::env::var("RANK").map_or(true, |r| r == "0") {
+        for notice in &resolved.notices {
+            eprintln!("note: {notice}");
+        }
+    }
+    Ok(resolved.config)
+}
 
 /// Compute dtype of a command: fp32, or bf16 (weights cast, norms and rotary still in fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::model::ModelConfig;
 use crate::plan::{gpu, plan, Workload, GPUS};
 
@@ -40,7 +39,7 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: &PlanArgs) -> Result<()> {
-    let config = Config::load(&args.config, &args.overrides)?;
+    let config = super::load_config(&args.config, &args.overrides)?;
     let Some(gpu) = gpu(&args.gpu) else {
         let known: Vec<&str> = GPUS.iter().map(|g| g.name).collect();
         bail!("--gpu {}: not one of {}", args.gpu, known.join(", "));

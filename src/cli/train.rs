@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
 use crate::train::Trainer;
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +20,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let config = Config::load(&args.config, &args.overrides)?;
+    let config = super::load_config(&args.config, &args.overrides)?;
     let summary = Trainer::new(config)
         .and_then(|t| t.run_until(args.stop_at_step))
         .with_context(|| format!("training {}", args.config.display()))?;

@@ -1,8 +1,15 @@
-//! Loading the YAML config: unknown keys refused with a did-you-mean, `a.b.c=value` overrides from
-//! the command line, type errors naming the key path.
+//! Loading the YAML config: this project's layout, and the original Python/verl trainer's files
+//! as they are ([`original`] maps or explains each of its keys). Every unknown key is refused at
+//! once, each with a did-you-mean; `a.b.c=value` overrides apply from the command line; errors
+//! name the key and where its value came from (file, override); [`Resolved::sources`] keeps that
+//! for `fomaml config show --sources`.
 
+pub mod original;
 pub mod schema;
+mod validate;
+mod yaml;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
@@ -17,12 +24,63 @@ pub enum ConfigError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Yaml { path: PathBuf, reason: String },
-    #[error("{origin}: unknown key `{key}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
-    UnknownKey { origin: String, key: String, suggestion: Option<String> },
+    #[error("{}", unknown_keys_message(origin, keys))]
+    UnknownKeys { origin: String, keys: Vec<UnknownKey> },
     #[error("override `{0}`: expected KEY=VALUE, e.g. meta.inner_lr=1e-4")]
     BadOverride(String),
     #[error("{origin}: {reason}")]
     Invalid { origin: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnknownKey {
+    pub key: String,
+    pub suggestion: Option<String>,
+}
+
+fn unknown_keys_message(origin: &str, keys: &[UnknownKey]) -> String {
+    let describe = |k: &UnknownKey| {
+        format!("`{}`{}", k.key, k.suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())
+    };
+    match keys {
+        [one] => format!("{origin}: unknown key {}", describe(one)),
+        many => {
+            let lines: Vec<String> = many.iter().map(|k| format!("\n  {}", describe(k))).collect();
+            format!("{origin}: {} unknown keys:{}", many.len(), lines.concat())
+        }
+    }
+}
+
+/// Where a value of the resolved config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(String),
+    Override(String),
+    /// A file's key in the original Python/verl trainer's spelling.
+    Translated {
+        origin: String,
+        key: String,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(origin) => f.write_str(origin),
+            Source::Override(item) => write!(f, "override `{item}`"),
+            Source::Translated { origin, key } => write!(f, "{origin} (original key `{key}`)"),
+        }
+    }
+}
+
+/// A loaded config with what was learnt on the way.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    /// One line per original-trainer key accepted without effect here, saying why.
+    pub notices: Vec<String>,
+    /// Where each key set by a file or an override came from (the rest are defaults).
+    pub sources: BTreeMap<String, Source>,
 }
 
 /// Every key the config knows, as a tree of defaults. Lists of tasks hold one example element,
@@ -51,31 +109,36 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Walks `value` against `schema`, failing on the first key the schema does not have.
-fn check_keys(value: &Json, schema: &Json, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+/// Every key of `value` the schema does not have.
+fn unknown_keys(value: &Json, schema: &Json, prefix: &str, out: &mut Vec<UnknownKey>) {
     match (value, schema) {
         (Json::Object(given), Json::Object(known)) if !known.is_empty() => {
             for (key, v) in given {
                 match known.get(key) {
-                    Some(s) => check_keys(v, s, &join(prefix, key), origin)?,
-                    None => {
-                        return Err(ConfigError::UnknownKey {
-                            origin: origin.to_string(),
-                            key: join(prefix, key),
-                            suggestion: closest(key, known.keys()).map(|s| join(prefix, &s)),
-                        })
-                    }
+                    Some(s) => unknown_keys(v, s, &join(prefix, key), out),
+                    None => out.push(UnknownKey {
+                        key: join(prefix, key),
+                        suggestion: closest(key, known.keys()).map(|s| join(prefix, &s)),
+                    }),
                 }
             }
-            Ok(())
         }
         (Json::Array(items), Json::Array(element)) if element.len() == 1 => {
             for (i, item) in items.iter().enumerate() {
-                check_keys(item, &element[0], &join(prefix, &i.to_string()), origin)?;
+                unknown_keys(item, &element[0], &join(prefix, &i.to_string()), out);
             }
-            Ok(())
         }
-        _ => Ok(()),
+        _ => {}
+    }
+}
+
+fn check_keys(value: &Json, origin: &str) -> Result<(), ConfigError> {
+    let mut keys = Vec::new();
+    unknown_keys(value, &schema(), "", &mut keys);
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::UnknownKeys { origin: origin.to_string(), keys })
     }
 }
 
@@ -117,38 +180,102 @@ fn set_path(tree: &mut Json, path: &str, value: Json, origin: &str) -> Result<()
     Ok(())
 }
 
+/// The leaf key paths of `tree` (a list's elements by index; an empty map or list is a leaf).
+fn leaves(tree: &Json, prefix: &str, out: &mut Vec<String>) {
+    match tree {
+        Json::Object(map) if !map.is_empty() => map.iter().for_each(|(k, v)| leaves(v, &join(prefix, k), out)),
+        Json::Array(items) if !items.is_empty() => {
+            items.iter().enumerate().for_each(|(i, v)| leaves(v, &join(prefix, &i.to_string()), out))
+        }
+        _ if !prefix.is_empty() => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// Records `source` for every leaf of `tree` under `prefix`, replacing what was recorded under
+/// the lists it sets (a list is replaced whole, not merged).
+fn record(sources: &mut BTreeMap<String, Source>, tree: &Json, prefix: &str, source: &dyn Fn(&str) -> Source) {
+    let mut lists = Vec::new();
+    list_paths(tree, prefix, &mut lists);
+    lists.extend((!prefix.is_empty()).then(|| prefix.to_string()));
+    for list in lists {
+        let under = format!("{list}.");
+        sources.retain(|k, _| !k.starts_with(&under) && *k != list);
+    }
+    let mut keys = Vec::new();
+    leaves(tree, prefix, &mut keys);
+    for key in keys {
+        let s = source(&key);
+        sources.insert(key, s);
+    }
+}
+
+fn list_paths(tree: &Json, prefix: &str, out: &mut Vec<String>) {
+    match tree {
+        Json::Object(map) => map.iter().for_each(|(k, v)| list_paths(v, &join(prefix, k), out)),
+        Json::Array(_) => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// Where the value at `key` came from: the source recorded for it or for the nearest key above
+/// or below it (serde names a list element `a[0]`, sources `a.0`); None for a default.
+fn source_of<'a>(sources: &'a BTreeMap<String, Source>, key: &str) -> Option<&'a Source> {
+    let key = key.replace('[', ".").replace(']', "");
+    let mut probe = key.as_str();
+    loop {
+        if let Some(s) = sources.get(probe) {
+            return Some(s);
+        }
+        match probe.rsplit_once('.') {
+            Some((parent, _)) => probe = parent,
+            None => break,
+        }
+    }
+    let below = format!("{key}.");
+    sources.iter().find(|(k, _)| k.starts_with(&below)).map(|(_, s)| s)
+}
+
+fn describe(sources: &BTreeMap<String, Source>, key: &str) -> String {
+    source_of(sources, key).map_or("the defaults".into(), ToString::to_string)
+}
+
+impl Resolved {
+    /// Where the value at `key` (dotted) came from; None for a default.
+    pub fn source_of(&self, key: &str) -> Option<&Source> {
+        source_of(&self.sources, key)
+    }
+}
+
+/// One config file's tree (the original trainer's keys translated), checked for unknown keys.
+struct FileTree {
+    tree: Json,
+    sources: BTreeMap<String, Source>,
+    notices: Vec<String>,
+}
+
 impl Config {
     /// Reads a YAML file and applies `overrides` (`a.b.c=value`, value parsed as YAML).
     ///
     /// A top-level `base: other.yaml` (relative to this file) loads that config first and lays this
     /// one over it: mappings merge key by key, anything else (lists included) is replaced.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let tree = read_tree(path, &mut Vec::new())?;
-        Self::from_tree(tree, &path.display().to_string(), overrides)
+        Self::resolve(path, overrides).map(|r| r.config)
+    }
+
+    /// [`Config::load`], keeping the notices and where every value came from.
+    pub fn resolve(path: &Path, overrides: &[String]) -> Result<Resolved, ConfigError> {
+        let file = read_tree(path, &mut Vec::new())?;
+        finish(file, overrides)
     }
 
     /// `origin` names the text in errors (usually the file path).
     pub fn from_yaml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        Self::from_tree(parse_tree(text, origin)?, origin, overrides)
+        Self::resolve_yaml(text, origin, overrides).map(|r| r.config)
     }
 
-    fn from_tree(mut tree: Json, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let schema = schema();
-        check_keys(&tree, &schema, "", origin)?;
-        for item in overrides {
-            let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
-            let value: Json = serde_yaml_ng::from_str(raw)
-                .map_err(|e| ConfigError::Invalid { origin: format!("override `{item}`"), reason: e.to_string() })?;
-            let origin = format!("override `{item}`");
-            let mut probe = Json::Object(Map::new());
-            set_path(&mut probe, key, value.clone(), &origin)?;
-            check_keys(&probe, &schema, "", &origin)?;
-            set_path(&mut tree, key, value, &origin)?;
-        }
-        serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
-            origin: origin.to_string(),
-            reason: format!("`{}`: {}", e.path(), e.inner()),
-        })
+    pub fn resolve_yaml(text: &str, origin: &str, overrides: &[String]) -> Result<Resolved, ConfigError> {
+        finish(file_tree(parse_tree(text, origin)?, origin)?, overrides)
     }
 
     /// configs/embedded_default.yaml, compiled in: the demo's hyperparameters (no tasks or model).
@@ -161,13 +288,67 @@ impl Config {
     }
 }
 
+/// A parsed file's tree with the original trainer's keys translated and every key checked.
+fn file_tree(mut tree: Json, origin: &str) -> Result<FileTree, ConfigError> {
+    let translation = original::translate(&mut tree, origin)?;
+    check_keys(&tree, origin)?;
+    let mut sources = BTreeMap::new();
+    record(&mut sources, &tree, "", &|key| match translation.renamed.get(key) {
+        Some(from) => Source::Translated { origin: origin.to_string(), key: from.clone() },
+        None => Source::File(origin.to_string()),
+    });
+    Ok(FileTree { tree, sources, notices: translation.notices })
+}
+
+/// Applies the overrides to a file's tree, then deserialises and validates the result.
+fn finish(file: FileTree, overrides: &[String]) -> Result<Resolved, ConfigError> {
+    let FileTree { mut tree, mut sources, mut notices } = file;
+    for item in overrides {
+        let origin = format!("override `{item}`");
+        let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
+        let value = yaml::parse(raw).map_err(|reason| ConfigError::Invalid { origin: origin.clone(), reason })?;
+        let mut probe = Json::Object(Map::new());
+        set_path(&mut probe, key, value, &origin)?;
+        let translation = original::translate(&mut probe, &origin)?;
+        notices.extend(translation.notices);
+        let mut set = Vec::new();
+        leaves(&probe, "", &mut set);
+        if set.is_empty() && lookup(&probe, key).is_none() {
+            continue; // an original key without effect here: its notice says so
+        }
+        // The key as translated (an original spelling becomes ours).
+        let key = translation.renamed.keys().next().cloned().unwrap_or_else(|| key.to_string());
+        let value = lookup(&probe, &key).cloned().unwrap_or(Json::Null);
+        set_path(&mut tree, &key, value.clone(), &origin)?;
+        // Checked in place, so a key inside a list element (meta.tasks.0.x) is checked too.
+        check_keys(&tree, &origin)?;
+        record(&mut sources, &value, &key, &|_| Source::Override(item.clone()));
+    }
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Invalid { origin: describe(&sources, &key), reason: format!("`{key}`: {}", e.inner()) }
+    })?;
+    let (problems, warnings) = validate::check(&config);
+    notices.extend(warnings.into_iter().map(|(key, why)| format!("{}: `{key}`: {why}", describe(&sources, &key))));
+    if let Some((key, reason)) = problems.into_iter().next() {
+        return Err(ConfigError::Invalid { origin: describe(&sources, &key), reason: format!("`{key}`: {reason}") });
+    }
+    Ok(Resolved { config, notices, sources })
+}
+
+fn lookup<'a>(tree: &'a Json, path: &str) -> Option<&'a Json> {
+    path.split('.').try_fold(tree, |node, segment| match node {
+        Json::Array(items) => items.get(segment.parse::<usize>().ok()?),
+        other => other.get(segment),
+    })
+}
+
 /// A YAML mapping as a JSON tree.
 fn parse_tree(text: &str, origin: &str) -> Result<Json, ConfigError> {
     let tree: Json = if text.trim().is_empty() {
         Json::Object(Map::new())
     } else {
-        serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Yaml { path: PathBuf::from(origin), reason: e.to_string() })?
+        yaml::parse(text).map_err(|reason| ConfigError::Yaml { path: PathBuf::from(origin), reason })?
     };
     if !tree.is_object() {
         return Err(ConfigError::Invalid { origin: origin.into(), reason: "the top level must be a mapping".into() });
@@ -177,16 +358,14 @@ fn parse_tree(text: &str, origin: &str) -> Result<Json, ConfigError> {
 
 /// The tree of the config file at `path` with its `base` chain merged in; `chain` holds the
 /// files being read, to refuse a cycle.
-fn read_tree(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Json, ConfigError> {
+fn read_tree(path: &Path, chain: &mut Vec<PathBuf>) -> Result<FileTree, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
     let origin = path.display().to_string();
     let mut tree = parse_tree(&text, &origin)?;
-    let Some(base) = tree.as_object_mut().and_then(|m| m.remove(BASE_KEY)) else {
-        // Unknown keys are named against the file that has them.
-        check_keys(&tree, &schema(), "", &origin)?;
-        return Ok(tree);
-    };
-    check_keys(&tree, &schema(), "", &origin)?;
+    let base = tree.as_object_mut().and_then(|m| m.remove(BASE_KEY));
+    // Unknown keys are named against the file that has them.
+    let file = file_tree(tree, &origin)?;
+    let Some(base) = base else { return Ok(file) };
     let Some(base) = base.as_str() else {
         return Err(ConfigError::Invalid { origin, reason: "`base` must be the path of another config file".into() });
     };
@@ -203,7 +382,16 @@ fn read_tree(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Json, ConfigError>
         },
         other => other,
     })?;
-    merge(&mut merged, tree);
+    merge(&mut merged.tree, file.tree.clone());
+    // The file's own values win over the base's, lists replaced whole.
+    let mut lists = Vec::new();
+    list_paths(&file.tree, "", &mut lists);
+    for list in lists {
+        let under = format!("{list}.");
+        merged.sources.retain(|k, _| !k.starts_with(&under) && *k != list);
+    }
+    merged.sources.extend(file.sources);
+    merged.notices.extend(file.notices);
     Ok(merged)
 }
 

@@ -1,7 +1,7 @@
-//! The configuration, in the seeds' YAML layout: `model`, `data`, `meta`, `optim`, `trainer`,
-//! `checkpoint`. Every field has a default, so a config file names only what it changes; keys the
-//! Python/verl trainer reads that have no meaning here (FSDP wrap classes, attention backends) are
-//! accepted so its files run unchanged apart from paths.
+//! The configuration: `model`, `data`, `meta`, `optim`, `trainer`, `checkpoint`, the sections of
+//! the original Python/verl trainer's files. Every field has a default, so a config file names
+//! only what it changes. Every key here has an effect; the original's keys that have none here
+//! (FSDP wrap classes, attention backends) are accepted with a notice by [`super::original`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -85,20 +85,14 @@ pub struct Config {
 pub struct ModelSection {
     /// Hugging Face model directory to start from (verl's name for it).
     pub partial_pretrain: String,
-    /// Compute dtype: bf16 or f32. Master weights and optimizer state are always fp32.
+    /// Compute dtype: bf16 or f32; master weights and optimizer state are fp32. f64 (compute,
+    /// masters and state in fp64) is for numerical checks.
     pub dtype: String,
     pub lora_rank: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     /// "all-linear" or a list of module names (q_proj, k_proj, ...).
     pub target_modules: Json,
-    pub enable_gradient_checkpointing: bool,
-    /// Accepted for compatibility; fomaml always uses libtorch's SDPA.
-    pub attn_implementation: Option<String>,
-    pub trust_remote_code: bool,
-    pub use_liger: bool,
-    pub external_lib: Option<String>,
-    pub fsdp_config: FsdpSection,
 }
 
 impl Default for ModelSection {
@@ -110,26 +104,8 @@ impl Default for ModelSection {
             lora_alpha: 16.0,
             lora_dropout: 0.0,
             target_modules: Json::String("all-linear".into()),
-            enable_gradient_checkpointing: false,
-            attn_implementation: None,
-            trust_remote_code: false,
-            use_liger: false,
-            external_lib: None,
-            fsdp_config: FsdpSection::default(),
         }
     }
-}
-
-/// verl's FSDP settings. fomaml's sharding units are fixed (embeddings, each layer, norm + head),
-/// so these are accepted and not used.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FsdpSection {
-    pub transformer_layer_cls_to_wrap: Option<Json>,
-    pub wrap_policy: Option<Json>,
-    pub cpu_offload: bool,
-    pub offload_params: bool,
-    pub model_dtype: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,13 +115,14 @@ pub struct DataSection {
     pub response_key: String,
     pub max_length: usize,
     pub truncation: Truncation,
-    /// Use at most this many rows of each task's support / query files (all when unset): a sample
-    /// drawn from trainer.seed, not the first rows.
-    pub support_max_samples: Option<usize>,
-    pub query_max_samples: Option<usize>,
+    /// Use at most this many rows of each task's support / query files (all when unset, 0 or
+    /// negative); a task's own `support_max_samples` / `query_max_samples` win.
+    pub support_max_samples: Option<i64>,
+    pub query_max_samples: Option<i64>,
+    /// A cap keeps a sample of the rows drawn from trainer.seed (true), or the file's first rows.
+    pub shuffle: bool,
     /// Extra chat-template variables, e.g. {enable_thinking: false}.
     pub chat_template_vars: Map<String, Json>,
-    pub micro_batch_size_per_gpu: Option<usize>,
 }
 
 impl Default for DataSection {
@@ -157,8 +134,8 @@ impl Default for DataSection {
             truncation: Truncation::Error,
             support_max_samples: None,
             query_max_samples: None,
+            shuffle: true,
             chat_template_vars: Map::new(),
-            micro_batch_size_per_gpu: None,
         }
     }
 }
@@ -167,7 +144,7 @@ impl Default for DataSection {
 #[serde(default)]
 pub struct MetaSection {
     pub algorithm: Algorithm,
-    /// The seeds' switch; `false` with algorithm fomaml means second-order maml.
+    /// The original trainer's switch; `false` with algorithm fomaml means second-order maml.
     pub use_fomaml: bool,
     pub inner_lr: f64,
     /// sgd, or adam (fresh state per task; Reptile only).
@@ -216,6 +193,9 @@ pub struct TaskSection {
     pub support_files: Vec<String>,
     pub query_files: Vec<String>,
     pub test_files: Vec<String>,
+    /// This task's caps (data.support_max_samples / query_max_samples otherwise; 0 or negative: all).
+    pub support_max_samples: Option<i64>,
+    pub query_max_samples: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,6 +22,8 @@ pub struct Encoding<'a> {
     pub max_length: usize,
     pub truncation: Truncation,
     pub template_variables: &'a Map<String, Json>,
+    /// A row cap keeps a seeded sample (data.shuffle), else the file's first rows.
+    pub sample_caps: bool,
 }
 
 impl<'a> Encoding<'a> {
@@ -32,6 +34,7 @@ impl<'a> Encoding<'a> {
             max_length: data.max_length,
             truncation: data.truncation,
             template_variables: &data.chat_template_vars,
+            sample_caps: data.shuffle,
         }
     }
 }
@@ -88,7 +91,10 @@ fn encode_split(
     // source), and their head is not representative.
     let mut rows: Vec<usize> = (0..examples.len()).collect();
     if let Some(limit) = limit.filter(|l| *l < rows.len()) {
-        SplitMix64::new(seed ^ stable_hash(&format!("{}/{}/cap", section.name, split.name()))).shuffle(&mut rows);
+        if encoding.sample_caps {
+            let key = seed ^ stable_hash(&format!("{}/{}/cap", section.name, split.name()));
+            SplitMix64::new(key).shuffle(&mut rows);
+        }
         rows.truncate(limit);
         rows.sort_unstable();
     }
@@ -106,6 +112,12 @@ fn encode_split(
             .with_context(|| format!("task `{}`, {} example {row}", section.name, split.name()))
         })
         .collect()
+}
+
+/// A split's row cap: the task's, else the data section's; 0 or negative (the original's -1)
+/// means every row.
+fn cap(task: Option<i64>, data: Option<i64>) -> Option<usize> {
+    task.or(data).filter(|n| *n > 0).map(|n| n as usize)
 }
 
 impl TaskData {
@@ -133,8 +145,12 @@ impl TaskData {
         };
         Ok(Self {
             name: section.name.clone(),
-            support: split(Split::Support, &section.support_files, data.support_max_samples)?,
-            query: split(Split::Query, &section.query_files, data.query_max_samples)?,
+            support: split(
+                Split::Support,
+                &section.support_files,
+                cap(section.support_max_samples, data.support_max_samples),
+            )?,
+            query: split(Split::Query, &section.query_files, cap(section.query_max_samples, data.query_max_samples))?,
             test,
         })
     }

@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, Default)]
 pub struct TaskOutcome {
     pub name: String,
-    /// Support loss at the last inner step (before its update).
-    pub support_loss: f64,
+    /// Support loss at the last inner step (before its update); none without inner steps (K = 0).
+    pub support_loss: Option<f64>,
     /// Query loss at the adapted parameters θ′.
     pub query_loss: f64,
     /// Non-padding tokens processed for this task.
@@ -39,7 +39,7 @@ impl PendingOutcome {
     }
 }
 
-/// The losses of `pending` as numbers (NaN where a task has none, e.g. no inner step).
+/// The losses of `pending` as numbers (a missing query loss reads as NaN).
 pub fn resolve(pending: Vec<PendingOutcome>) -> Vec<TaskOutcome> {
     let losses: Vec<Tensor> = pending
         .iter()
@@ -53,21 +53,21 @@ pub fn resolve(pending: Vec<PendingOutcome>) -> Vec<TaskOutcome> {
         false => Vec::<f64>::try_from(Tensor::cat(&losses, 0).to_device(Device::Cpu)).expect("fp64 losses read back"),
     }
     .into_iter();
-    let mut next = |t: &Option<Tensor>| t.as_ref().map_or(f64::NAN, |_| values.next().expect("one value per loss"));
+    let mut next = |t: &Option<Tensor>| t.as_ref().map(|_| values.next().expect("one value per loss"));
     pending
         .iter()
         .map(|p| TaskOutcome {
             name: p.name.clone(),
             support_loss: next(&p.support_loss),
-            query_loss: next(&p.query_loss),
+            query_loss: next(&p.query_loss).unwrap_or(f64::NAN),
             tokens: p.tokens,
         })
         .collect()
 }
 
 impl TaskOutcome {
-    /// The seeds' adaptation gap: query loss − support loss.
-    pub fn adaptation_gap(&self) -> f64 {
-        self.query_loss - self.support_loss
+    /// The adaptation gap: query loss − support loss (none without inner steps).
+    pub fn adaptation_gap(&self) -> Option<f64> {
+        self.support_loss.map(|support| self.query_loss - support)
     }
 }

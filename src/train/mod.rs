@@ -250,9 +250,13 @@ impl Trainer {
     /// Whether to apply the update. A non-finite loss or gradient aborts or skips the step, as
     /// `trainer.nan_policy` says, naming the step and the task.
     fn check_finite(&self, outcomes: &[TaskOutcome], grad_norm: f64) -> Result<bool> {
-        let bad_task = outcomes.iter().find(|o| !o.support_loss.is_finite() || !o.query_loss.is_finite());
+        let bad_task =
+            outcomes.iter().find(|o| o.support_loss.is_some_and(|l| !l.is_finite()) || !o.query_loss.is_finite());
         let problem = match bad_task {
-            Some(o) => format!("task `{}`: support loss {}, query loss {}", o.name, o.support_loss, o.query_loss),
+            Some(o) => match o.support_loss {
+                Some(support) => format!("task `{}`: support loss {support}, query loss {}", o.name, o.query_loss),
+                None => format!("task `{}`: query loss {}", o.name, o.query_loss),
+            },
             None if !grad_norm.is_finite() => format!("gradient norm is {grad_norm}"),
             None => return Ok(true),
         };
@@ -428,27 +432,37 @@ fn named_refs(tensors: &[(String, Tensor)]) -> Vec<(&str, &Tensor)> {
     tensors.iter().map(|(n, t)| (n.as_str(), t)).collect()
 }
 
-/// The seeds' metrics of one step: means over tasks, the spread of adaptation, and per task.
+/// The metrics of one step: means over tasks, the spread of adaptation, and per task. Without
+/// inner steps (K = 0) there is no support loss, so neither it nor the adaptation gap is logged.
 fn step_metrics(outcomes: &[TaskOutcome], grad_norm: f64) -> Vec<(String, f64)> {
     let n = outcomes.len().max(1) as f64;
     let mean = |f: &dyn Fn(&TaskOutcome) -> f64| outcomes.iter().map(f).sum::<f64>() / n;
     let variance =
         |f: &dyn Fn(&TaskOutcome) -> f64, m: f64| outcomes.iter().map(|o| (f(o) - m).powi(2)).sum::<f64>() / n;
     let query = mean(&|o| o.query_loss);
-    let gap = mean(&|o| o.adaptation_gap());
     let mut scalars = vec![
         ("meta/loss".to_string(), query),
         ("meta/grad_norm".to_string(), grad_norm),
-        ("meta/avg_support_loss".to_string(), mean(&|o| o.support_loss)),
         ("meta/avg_query_loss".to_string(), query),
-        ("meta/avg_adaptation_gap".to_string(), gap),
-        ("meta/adaptation_gap_std".to_string(), variance(&|o| o.adaptation_gap(), gap).sqrt()),
         ("meta/task_loss_variance".to_string(), variance(&|o| o.query_loss, query)),
     ];
+    let adapted = outcomes.iter().all(|o| o.support_loss.is_some());
+    let support = |o: &TaskOutcome| o.support_loss.unwrap_or(f64::NAN);
+    let gap_of = |o: &TaskOutcome| o.adaptation_gap().unwrap_or(f64::NAN);
+    if adapted {
+        let gap = mean(&gap_of);
+        scalars.push(("meta/avg_support_loss".to_string(), mean(&support)));
+        scalars.push(("meta/avg_adaptation_gap".to_string(), gap));
+        scalars.push(("meta/adaptation_gap_std".to_string(), variance(&gap_of, gap).sqrt()));
+    }
     for o in outcomes {
-        scalars.push((format!("{}/support_loss", o.name), o.support_loss));
+        if adapted {
+            scalars.push((format!("{}/support_loss", o.name), support(o)));
+        }
         scalars.push((format!("{}/query_loss", o.name), o.query_loss));
-        scalars.push((format!("{}/adaptation_gap", o.name), o.adaptation_gap()));
+        if adapted {
+            scalars.push((format!("{}/adaptation_gap", o.name), gap_of(o)));
+        }
     }
     scalars
 }
