@@ -16,11 +16,15 @@ else
   scripts/fetch-smollm2.sh || echo "warning: could not fetch SmolLM2; its import test will skip" >&2
 fi
 echo "== cargo test"
-cargo test --workspace
-# The GPU tests passed above by skipping when no GPU is visible; say so in the log instead of
-# letting them look like passes. --workspace keeps the feature set of the run above, so nothing
-# is rebuilt.
-if ! grep -q . <(nvidia-smi -L 2>/dev/null); then
-  echo "== GPU tests: no GPU visible, these were skipped:"
-  cargo test --workspace --quiet --test nccl_gpu --test golden -- --nocapture one_gpu cuda 2>&1 | grep SKIPPED || true
+# Tests that cannot run here (no GPU, no SmolLM2) append a line to this file; they are listed at
+# the end rather than passing silently. --no-fail-fast: one failing test binary must not hide the
+# results of the others.
+skips="$(mktemp)"
+trap 'rm -f "$skips"' EXIT
+status=0
+FOMAML_SKIP_LOG="$skips" cargo test --workspace --no-fail-fast || status=$?
+if [ -s "$skips" ]; then
+  echo "== skipped (not run on this machine):"
+  sort "$skips"
 fi
+exit "$status"

@@ -265,17 +265,27 @@ fn store_set_get_add_wait_barrier_and_late_server() {
     let e = a.barrier("b2", 2).unwrap_err();
     assert!(matches!(e, StoreError::BarrierTimeout { arrived: 1, world_size: 2, .. }), "{e}");
 
-    // A client that starts before the server keeps trying until it is up.
-    let port = free_port();
-    let late = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(400));
-        StoreServer::bind(("127.0.0.1", port), RUN).unwrap().spawn().unwrap()
-    });
-    let t0 = Instant::now();
-    let mut c = StoreClient::connect(&format!("127.0.0.1:{port}"), RUN, t).unwrap();
-    assert!(t0.elapsed() >= Duration::from_millis(300));
-    c.set("x", b"y").unwrap();
-    drop(late.join().unwrap());
+    // A client that starts before the server keeps trying until it is up. Here the port must be
+    // known before anything listens on it: should another process take it in between (the
+    // server's bind fails), the check is repeated on another.
+    for attempt in 1.. {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            StoreServer::bind(("127.0.0.1", port), RUN).map(|s| s.spawn().unwrap())
+        });
+        let t0 = Instant::now();
+        let client = StoreClient::connect(&format!("127.0.0.1:{port}"), RUN, t);
+        match late.join().unwrap() {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 3 => continue,
+            server => {
+                let _server = server.unwrap();
+                assert!(t0.elapsed() >= Duration::from_millis(300));
+                client.unwrap().set("x", b"y").unwrap();
+                break;
+            }
+        }
+    }
 }
 
 #[test]
@@ -379,16 +389,15 @@ fn mismatched_collectives_are_named_on_both_sides() {
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 const CHILD_ENV: &str = "FOMAML_COMM_TEST_CHILD";
 
-/// Starts `world` copies of this test binary running `child_rank` with torchrun's variables.
-fn spawn_ranks(world: usize, mode: &str, out: &Path, timeout_s: &str) -> Vec<std::process::Child> {
-    let port = free_port().to_string();
-    (0..world)
+/// Starts `world` copies of this test binary running `child_rank` with torchrun's variables. The
+/// store is served from here, as the launcher serves it, on a port the system picked (a port
+/// picked free and bound later could be taken in between).
+fn spawn_ranks(world: usize, mode: &str, out: &Path, timeout_s: &str) -> (StoreServerHandle, Vec<std::process::Child>) {
+    let (store, addr) = server("proc-test");
+    let port = addr.rsplit_once(':').unwrap().1.to_string();
+    let children = (0..world)
         .map(|r| {
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "child_rank", "--nocapture", "--test-threads=1"])
@@ -400,6 +409,7 @@ fn spawn_ranks(world: usize, mode: &str, out: &Path, timeout_s: &str) -> Vec<std
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
                 .env("TORCHELASTIC_RUN_ID", "proc-test")
+                .env("TORCHELASTIC_USE_AGENT_STORE", "True")
                 .env("FOMAML_COLLECTIVE_TIMEOUT_S", timeout_s)
                 .env("OMP_NUM_THREADS", "1")
                 .stdout(std::process::Stdio::piped())
@@ -407,7 +417,8 @@ fn spawn_ranks(world: usize, mode: &str, out: &Path, timeout_s: &str) -> Vec<std
                 .spawn()
                 .unwrap()
         })
-        .collect()
+        .collect();
+    (store, children)
 }
 
 /// The body of a rank process (a no-op unless started by `spawn_ranks`).
@@ -441,7 +452,8 @@ fn ranks_as_processes_match_the_reference_and_a_dead_rank_is_named() {
     let world = 3;
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    for child in spawn_ranks(world, "script", dir.path(), "60") {
+    let (_store, children) = spawn_ranks(world, "script", dir.path(), "60");
+    for child in children {
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
@@ -460,8 +472,8 @@ fn ranks_as_processes_match_the_reference_and_a_dead_rank_is_named() {
     eprintln!("{world} rank processes: every collective in {:.2} s", t0.elapsed().as_secs_f64());
 
     let dir = tempfile::tempdir().unwrap();
-    let statuses: Vec<_> =
-        spawn_ranks(2, "die", dir.path(), "60").into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let (_store, children) = spawn_ranks(2, "die", dir.path(), "60");
+    let statuses: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     assert_eq!(statuses[1].status.code(), Some(3));
     assert!(statuses[0].status.success(), "{}", String::from_utf8_lossy(&statuses[0].stderr));
     let report = std::fs::read_to_string(dir.path().join("0.error")).unwrap();

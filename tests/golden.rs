@@ -87,7 +87,7 @@ fn bf16_logits_stay_close_to_the_fp32_reference_on_cpu() {
 #[test]
 fn cuda_logits_match_transformers() {
     if !tch::Cuda::is_available() {
-        eprintln!("SKIPPED cuda_logits_match_transformers: no CUDA device (run on a GPU machine)");
+        common::skip("cuda_logits_match_transformers", "no CUDA device (run on a GPU machine)");
         return;
     }
     for arch in ARCHS {

@@ -268,7 +268,8 @@ fn mean_loss(model: &CausalLm, ids: &[i64]) -> f64 {
 #[test]
 fn smollm2_imports_as_a_working_model() {
     let Some(gguf) = smollm2_gguf() else {
-        eprintln!("skipped: SmolLM2 GGUF not found (run `make smollm2`, or set FOMAML_SMOLLM2_GGUF / FOMAML_ASSETS)");
+        let why = "the SmolLM2 GGUF is not here (run `make smollm2`, or set FOMAML_SMOLLM2_GGUF / FOMAML_ASSETS)";
+        common::skip("smollm2_imports_as_a_working_model", why);
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -25,7 +25,7 @@ fn gpu(test: &str) -> Option<(usize, std::sync::MutexGuard<'static, ()>)> {
     if tch::Cuda::is_available() {
         Some((0, ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())))
     } else {
-        eprintln!("SKIPPED {test}: needs a CUDA GPU (none is visible); run bench/gpu/run.sh on a GPU machine");
+        common::skip(test, "needs a CUDA GPU (none is visible); run bench/gpu/run.sh on a GPU machine");
         None
     }
 }
@@ -156,7 +156,7 @@ fn nccl_for_a_cpu_model_is_refused_by_name() {
 #[test]
 fn a_missing_nccl_is_reported_with_every_place_searched() {
     if tch::Cuda::is_available() {
-        eprintln!("SKIPPED a_missing_nccl_is_reported_with_every_place_searched: this machine has a GPU");
+        common::skip("a_missing_nccl_is_reported_with_every_place_searched", "this machine has a GPU");
         return;
     }
     match NcclComm::single(0, Duration::from_secs(5)) {

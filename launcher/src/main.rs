@@ -56,7 +56,8 @@ pub struct Args {
     /// first host of SLURM_JOB_NODELIST (or SLURM_NODELIST); else 127.0.0.1.
     #[arg(long, alias = "master_addr")]
     pub master_addr: Option<String>,
-    /// Port of the store that node 0's launcher hosts; it must be free on node 0.
+    /// Port of the store that node 0's launcher hosts; it must be free on node 0. 0 on node 0: a
+    /// port the system picks, printed as "the store listens on HOST:PORT" for the other nodes.
     #[arg(long, alias = "master_port", default_value_t = 29500)]
     pub master_port: u16,
     /// Single node on a free port of 127.0.0.1 (overrides --master-addr/--master-port).
@@ -216,7 +217,14 @@ fn run(mut args: Args) -> Result<i32> {
     args.resolve()?;
     let run_id = args.run_id.clone().unwrap_or_else(workers::new_run_id);
     // Before any worker: a busy port or a refused run id ends the launch here.
+    if args.master_port == 0 && args.node_rank > 0 && !args.standalone {
+        bail!("--master-port 0 picks a free port on node 0, which prints it: give node {} that port", args.node_rank);
+    }
     let mut rdzv = Rendezvous::establish(&args, &run_id)?;
+    if args.master_port == 0 && !args.standalone {
+        let host = args.master_addr.as_deref().unwrap_or("127.0.0.1");
+        eprintln!("fomaml-launch: the store listens on {}", rdzv::host_port(host, rdzv.port()));
+    }
     args.master_port = rdzv.port();
     let mut attempt = 0;
     let result = supervise(&args, &run_id, &mut rdzv, &mut attempt);

@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{free_port, launch, launcher, stderr, wait_for, Running};
+use common::{launch, launcher, reported_port, stderr, wait_for, Running};
 use fomaml_store::{StoreClient, StoreError};
 
 #[test]
@@ -16,12 +16,11 @@ fn every_rank_gets_torchruns_environment_and_its_own_logs() {
                   $MASTER_PORT $TORCHELASTIC_RUN_ID $TORCHELASTIC_RESTART_COUNT $TORCHELASTIC_USE_AGENT_STORE \
                   $OMP_NUM_THREADS; echo oops-$RANK >&2";
     let log_dir = logs.path().to_str().unwrap();
-    let port = free_port().to_string();
     let out = launch(&[
         "--nproc",
         "3",
         "--master-port",
-        &port,
+        "0",
         "--run-id",
         "r1",
         "--log-dir",
@@ -34,6 +33,7 @@ fn every_rank_gets_torchruns_environment_and_its_own_logs() {
         script,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let port = reported_port(&stderr(&out)).expect("node 0 reports the port it got").to_string();
     for rank in 0..3 {
         let dir = logs.path().join(format!("r1/attempt_0/{rank}"));
         let stdout = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
@@ -107,6 +107,10 @@ fn bad_invocations_are_refused_clearly() {
         (&["--rdzv-timeout", "0", "--", "true"], "--rdzv-timeout 0 must be a positive"),
         (&["--tee", "3", "--", "true"], "--log-dir"),
         (&["--standalone", "--nproc", "2", "--", "/no/such/program"], "/no/such/program"),
+        (
+            &["--nnodes", "2", "--node-rank", "1", "--master-port", "0", "--run-id", "x", "--", "true"],
+            "--master-port 0 picks a free port on node 0, which prints it: give node 1 that port",
+        ),
     ];
     for (args, expected) in cases {
         let out = launch(args);
@@ -164,13 +168,12 @@ fn a_busy_port_fails_before_any_worker_starts_naming_the_port() {
 #[test]
 fn the_launcher_hosts_the_store_across_restarts_and_tells_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let script = r#"echo $TORCHELASTIC_USE_AGENT_STORE > "$OUT/agent_$TORCHELASTIC_RESTART_COUNT"
         if [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then until [ -e "$OUT/fail" ]; do sleep 0.05; done; exit 1; fi
         until [ -e "$OUT/go" ]; do sleep 0.05; done"#;
     let mut cmd = launcher(&[
         "--master-port",
-        &port.to_string(),
+        "0",
         "--run-id",
         "store-test",
         "--max-restarts",
@@ -183,10 +186,10 @@ fn the_launcher_hosts_the_store_across_restarts_and_tells_the_workers() {
         script,
     ]);
     cmd.env("OUT", dir.path());
-    let running = Running::spawn(cmd);
+    let mut running = Running::spawn(cmd);
     let path = |name: &str| dir.path().join(name);
-    let addr = format!("127.0.0.1:{port}");
     let timeout = Duration::from_secs(10);
+    let addr = format!("127.0.0.1:{}", running.store_port(timeout));
 
     wait_for(&path("agent_0"), timeout);
     let mut client = StoreClient::connect(&addr, "store-test", timeout).expect("the launcher serves the store");
@@ -222,12 +225,11 @@ fn the_launcher_does_not_link_libtorch() {
 #[test]
 fn torchruns_spellings_are_accepted_and_help_explains_every_flag() {
     let logs = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
     let out = launch(&[
         "--nproc_per_node=2",
         "--node_rank=0",
         "--master_addr=127.0.0.1",
-        &format!("--master_port={port}"),
+        "--master_port=0",
         "--max_restarts=0",
         "--monitor_interval=0.05",
         "--rdzv_timeout=5",
@@ -239,6 +241,7 @@ fn torchruns_spellings_are_accepted_and_help_explains_every_flag() {
         "echo $LOCAL_WORLD_SIZE $MASTER_PORT $TORCHELASTIC_RUN_ID",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let port = reported_port(&stderr(&out)).expect("the port is reported");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = format!("2 {port} spelt");
     assert_eq!(stdout.lines().collect::<Vec<_>>(), [line.as_str(), line.as_str()]);

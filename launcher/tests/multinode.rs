@@ -7,11 +7,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, launcher, wait_for, Finished, Running};
+use common::{launcher, wait_for, Finished, Running};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// The launcher of node `node` of 2, `nproc` ranks each, with `OUT` set for the workers.
+/// The launcher of node `node` of 2, `nproc` ranks each, with `OUT` set for the workers. Node 0
+/// takes port 0 (a free one, which it reports); the others are given what it reported.
 fn node(node: usize, port: u16, nproc: usize, extra: &[&str], out: &Path, script: &str) -> Command {
     let (node, port, nproc) = (node.to_string(), port.to_string(), nproc.to_string());
     let mut args = vec!["--nnodes", "2", "--node-rank", &node, "--nproc", &nproc, "--master-port", &port];
@@ -27,6 +28,13 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Node 0 on a port the system picks, and that port.
+fn start_node0(nproc: usize, extra: &[&str], out: &Path, script: &str) -> (Running, u16) {
+    let mut node0 = Running::spawn(node(0, 0, nproc, extra, out, script));
+    let port = node0.store_port(LONG);
+    (node0, port)
+}
+
 fn assert_ok(f: &Finished, who: &str) {
     assert!(f.status.success(), "{who} failed:\n{}", f.stderr);
 }
@@ -34,7 +42,6 @@ fn assert_ok(f: &Finished, who: &str) {
 #[test]
 fn two_nodes_get_global_ranks_and_node_0_outlasts_the_other() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let script = r#"echo $RANK $LOCAL_RANK $WORLD_SIZE $GROUP_RANK $LOCAL_WORLD_SIZE $GROUP_WORLD_SIZE $ROLE_RANK \
         $MASTER_ADDR $MASTER_PORT $TORCHELASTIC_RUN_ID $TORCHELASTIC_USE_AGENT_STORE > "$OUT/rank_$RANK"
         echo "log of $RANK"
@@ -42,12 +49,12 @@ fn two_nodes_get_global_ranks_and_node_0_outlasts_the_other() {
     let logs = tempfile::tempdir().unwrap();
     let log_dir = logs.path().to_str().unwrap();
     let run = ["--run-id", "mn", "--log-dir", log_dir, "--redirects", "1"];
-    // Node 1 first: it must wait for node 0's store. A Slurm host list must not beat --master-addr.
+    // (A node that starts before node 0's store waits for it: the store client's retries, tested
+    // in tests/comm.rs.) A Slurm host list must not beat --master-addr.
+    let (mut node0, port) = start_node0(2, &run, dir.path(), script);
     let mut cmd1 = node(1, port, 2, &run, dir.path(), script);
     cmd1.env("SLURM_JOB_NODELIST", "nosuchhost[1-2]");
     let node1 = Running::spawn(cmd1);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut node0 = Running::spawn(node(0, port, 2, &run, dir.path(), script));
 
     for rank in 0..4 {
         wait_for(&dir.path().join(format!("rank_{rank}")), LONG);
@@ -74,9 +81,8 @@ fn two_nodes_get_global_ranks_and_node_0_outlasts_the_other() {
 #[test]
 fn a_wrong_run_id_or_different_flags_are_refused_at_once_and_node_0_names_who_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let script = r#"touch "$OUT/started_$RANK""#;
-    let node0 = Running::spawn(node(0, port, 1, &["--run-id", "job-alpha", "--rdzv-timeout", "4"], dir.path(), script));
+    let (node0, port) = start_node0(1, &["--run-id", "job-alpha", "--rdzv-timeout", "4"], dir.path(), script);
 
     let refusals: [(&[&str], usize, &[&str]); 2] = [
         (&["--run-id", "job-beta"], 1, &["\"job-alpha\"", "\"job-beta\""]),
@@ -111,9 +117,8 @@ const FAILS_ONCE: &str = r#"echo $TORCHELASTIC_RESTART_COUNT >> "$OUT/attempts_$
 #[test]
 fn a_failure_on_one_node_restarts_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let extra = ["--run-id", "restarts", "--max-restarts", "1"];
-    let node0 = Running::spawn(node(0, port, 2, &extra, dir.path(), FAILS_ONCE));
+    let (node0, port) = start_node0(2, &extra, dir.path(), FAILS_ONCE);
     let node1 = Running::spawn(node(1, port, 2, &extra, dir.path(), FAILS_ONCE));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
     assert_ok(&done0, "node 0");
@@ -130,9 +135,8 @@ fn a_failure_on_one_node_restarts_every_node() {
 #[test]
 fn without_restarts_a_failure_on_one_node_stops_the_other_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let extra = ["--run-id", "no-restarts"];
-    let node0 = Running::spawn(node(0, port, 2, &extra, dir.path(), FAILS_ONCE));
+    let (node0, port) = start_node0(2, &extra, dir.path(), FAILS_ONCE);
     let node1 = Running::spawn(node(1, port, 2, &extra, dir.path(), FAILS_ONCE));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
     assert_eq!(done1.status.code(), Some(1), "{}", done1.stderr);
@@ -160,10 +164,10 @@ fn slurm_node(id: &str, nodelist: (&str, &str), port: u16, extra: &[&str], out: 
 #[test]
 fn slurm_variables_stand_in_for_absent_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let nodelist = ("SLURM_JOB_NODELIST", "127.0.0.[1-2]");
+    let mut node0 = Running::spawn(slurm_node("0", nodelist, 0, &[], dir.path()));
+    let port = node0.store_port(LONG);
     let node1 = Running::spawn(slurm_node("1", nodelist, port, &[], dir.path()));
-    let node0 = Running::spawn(slurm_node("0", nodelist, port, &[], dir.path()));
     assert_ok(&node1.finish(LONG), "node 1");
     assert_ok(&node0.finish(LONG), "node 0");
     assert_eq!(read(dir.path(), "rank_0").trim(), "0 2 0 127.0.0.1 4242");
@@ -173,7 +177,7 @@ fn slurm_variables_stand_in_for_absent_flags() {
 #[test]
 fn explicit_flags_beat_slurm_variables_and_a_bad_host_list_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = 0;
     // --nnodes 1: the whole run is this node, whatever SLURM_NODEID and the host list say.
     let cmd = slurm_node("1", ("SLURM_JOB_NODELIST", "nosuchhost[1-2]"), port, &["--nnodes", "1"], dir.path());
     assert_ok(&Running::spawn(cmd).finish(LONG), "--nnodes 1");
@@ -190,10 +194,9 @@ fn explicit_flags_beat_slurm_variables_and_a_bad_host_list_is_named() {
 #[test]
 fn a_node_that_already_finished_is_not_restarted_for() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let script = r#"if [ "$GROUP_RANK" = 1 ]; then sleep 1; exit 4; fi"#;
     let extra = ["--run-id", "late-failure", "--max-restarts", "3"];
-    let node0 = Running::spawn(node(0, port, 1, &extra, dir.path(), script));
+    let (node0, port) = start_node0(1, &extra, dir.path(), script);
     let node1 = Running::spawn(node(1, port, 1, &extra, dir.path(), script));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
     assert_eq!(done1.status.code(), Some(1), "{}", done1.stderr);

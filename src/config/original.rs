@@ -123,7 +123,7 @@ fn translate_logger(tree: &mut Json, origin: &str, out: &mut Translation) {
         let replacement = if TRACKERS.contains(&name) { Json::String("tensorboard".into()) } else { item.clone() };
         if TRACKERS.contains(&name) {
             let how = if name.contains("wandb") || name == "tracking" {
-                "; to see the run in W&B, `wandb sync --sync-tensorboard RUN_DIR/tensorboard`"
+                "; `wandb sync RUN_DIR/tensorboard` uploads them to W&B"
             } else {
                 ""
             };

@@ -11,6 +11,20 @@ use tch::{Kind, Tensor};
 
 pub const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
+/// A test that cannot run here says so: on stderr, and in the file `FOMAML_SKIP_LOG` names (set by
+/// scripts/test.sh, which lists the skips at the end of the run instead of letting them pass
+/// silently).
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("FOMAML_SKIP_LOG") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        let written = file.and_then(|mut f| writeln!(f, "{line}"));
+        written.unwrap_or_else(|e| panic!("FOMAML_SKIP_LOG {}: {e}", Path::new(&path).display()));
+    }
+}
+
 pub fn fixture(arch: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(arch)
 }

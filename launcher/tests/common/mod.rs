@@ -27,9 +27,11 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A port nobody listened on a moment ago (the launcher binds it, so tests must not share one).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The port a launcher started with `--master-port 0` reports on stderr (`the store listens on
+/// HOST:PORT`): the system picked it when the store bound it, so no other process can hold it.
+pub fn reported_port(stderr: &str) -> Option<u16> {
+    let line = stderr.lines().find_map(|l| l.split_once("the store listens on "))?.1;
+    line.trim().rsplit_once(':')?.1.parse().ok()
 }
 
 pub fn wait_for(path: &Path, timeout: Duration) {
@@ -61,6 +63,20 @@ impl Running {
         let file = |name: &str| Stdio::from(std::fs::File::create(out.path().join(name)).unwrap());
         let child = cmd.stdout(file("stdout")).stderr(file("stderr")).spawn().expect("start fomaml-launch");
         Running { child, out, started: Instant::now() }
+    }
+
+    /// The port of the store this launcher (node 0, `--master-port 0`) hosts, once it says.
+    pub fn store_port(&mut self, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = std::fs::read_to_string(self.out.path().join("stderr")).unwrap_or_default();
+            if let Some(port) = reported_port(&stderr) {
+                return port;
+            }
+            assert!(self.is_running(), "fomaml-launch exited before reporting its port:\n{stderr}");
+            assert!(Instant::now() < deadline, "no port reported within {timeout:?}:\n{stderr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
