@@ -132,6 +132,18 @@ fn bad_files_are_named_with_the_column_or_line() {
     assert!(matches!(read_file(&csv, &cols, None), Err(TaskFileError::UnsupportedFormat { .. })));
     let missing = dir.path().join("missing.jsonl");
     assert!(read_file(&missing, &cols, None).unwrap_err().to_string().contains("missing.jsonl"));
+    // In a split: the task and split, the file, then the cause, each once.
+    let err = anyhow::Error::from(read_split("algebra", "support", &[&missing], &cols, None).unwrap_err());
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("task `algebra`, support split: cannot read ") && text.contains("missing.jsonl: "),
+        "{text}"
+    );
+    assert_eq!(text.matches("os error").count(), 1, "{text}");
+
+    std::fs::write(&jsonl, b"{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"\xff\"}\n").unwrap();
+    let text = read_file(&jsonl, &cols, None).unwrap_err().to_string();
+    assert!(text.contains("bad.jsonl:2: not UTF-8 text"), "{text}");
 
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();

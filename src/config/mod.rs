@@ -20,7 +20,7 @@ const EMBEDDED_DEFAULT: &str = include_str!("../../configs/embedded_default.yaml
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Yaml { path: PathBuf, reason: String },

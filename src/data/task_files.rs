@@ -19,7 +19,7 @@ pub struct Example {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFileError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: unsupported file type (use .parquet or .jsonl)")]
     UnsupportedFormat { path: PathBuf },
@@ -35,6 +35,8 @@ pub enum TaskFileError {
     BadLine { path: PathBuf, line: usize, reason: String },
     #[error("task `{task}`: its {split} files have no rows ({files})")]
     Empty { task: String, split: String, files: String },
+    #[error("task `{task}`, {split} split")]
+    InSplit { task: String, split: String, source: Box<TaskFileError> },
 }
 
 /// Column names of the prompt and the response (verl's prompt_key / response_key).
@@ -68,7 +70,9 @@ pub fn read_split(
         if remaining == Some(0) {
             break;
         }
-        examples.extend(read_file(file.as_ref(), columns, remaining)?);
+        let read = read_file(file.as_ref(), columns, remaining);
+        let in_split = |e| TaskFileError::InSplit { task: task.into(), split: split.into(), source: Box::new(e) };
+        examples.extend(read.map_err(in_split)?);
     }
     if examples.is_empty() {
         let files = files.iter().map(|f| f.as_ref().display().to_string()).collect::<Vec<_>>().join(", ");
@@ -139,7 +143,12 @@ fn read_jsonl(path: &Path, columns: &Columns, limit: Option<usize>) -> Result<Ve
             break;
         }
         let line_no = i + 1;
-        let line = line.map_err(|source| TaskFileError::Io { path: path.to_path_buf(), source })?;
+        let line = line.map_err(|source| match source.kind() {
+            std::io::ErrorKind::InvalidData => {
+                TaskFileError::BadLine { path: path.to_path_buf(), line: line_no, reason: "not UTF-8 text".into() }
+            }
+            _ => TaskFileError::Io { path: path.to_path_buf(), source },
+        })?;
         if line.trim().is_empty() {
             continue;
         }
