@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seeds' experiment matrix (configs/seeds/README.md): for each model and experiment, train under
+# The original trainer's experiment matrix (configs/experiments/README.md): for each model and experiment, train under
 # fomaml-launch, evaluate the newest checkpoint's few-shot curve, then one report per model (and
 # one per ablation family).
 #
@@ -8,7 +8,7 @@
 #   MODELS=llama EXPERIMENTS="exp2 exp4" scripts/run-matrix.sh
 #
 # Environment:
-#   MODELS       models, in order (default "llama qwen3"): configs/seeds/<model>/
+#   MODELS       models, in order (default "llama qwen3"): configs/experiments/<model>/
 #   EXPERIMENTS  experiments, in the matrix's order whatever the order given (default: all). A word
 #                selects the configs named by it or starting with it and "_": exp1 .. exp5, exp4
 #                (all seven subjects), exp4_lora_algebra, abl (every ablation), abl_rank,
@@ -102,7 +102,7 @@ for e in "${ALL[@]}"; do
   done
 done
 for model in $MODELS; do
-  [[ -d configs/seeds/$model ]] || die "MODELS: no configs/seeds/$model/ (see configs/seeds/README.md)"
+  [[ -d configs/experiments/$model ]] || die "MODELS: no configs/experiments/$model/ (see configs/experiments/README.md)"
 done
 
 # --- checks before any GPU time is spent ----------------------------------------------------------
@@ -128,10 +128,10 @@ fi
 # run_dir MODEL EXP: the config's trainer.default_local_dir (resolved when possible).
 declare -A RUN_DIR
 resolve() {
-  local model=$1 exp=$2 cfg=configs/seeds/$1/$2.yaml shown dir
+  local model=$1 exp=$2 cfg=configs/experiments/$1/$2.yaml shown dir
   [[ -z ${RUN_DIR[$model/$exp]:-} ]] || return 0
   [[ -f $cfg ]] || die "$cfg is missing"
-  RUN_DIR[$model/$exp]=runs/seeds/$model/$exp
+  RUN_DIR[$model/$exp]=runs/experiments/$model/$exp
   if ((have_fomaml && have_data)); then
     shown=$("$FOMAML" config show --config "$cfg") || die "$cfg does not resolve (above)"
     dir=$(awk '/^trainer:/{t=1; next} /^[^ ]/{t=0} t && $1=="default_local_dir:" {sub(/^[^:]*: */, ""); gsub(/["'"'"']/, ""); print}' <<<"$shown")
@@ -142,10 +142,10 @@ for model in $MODELS; do
   for exp in "${selected[@]}"; do resolve "$model" "$exp"; done
   for exp in exp2_meta_lora_100 exp3_meta_lora_300; do resolve "$model" "$exp"; done  # ablation reports
   if ((have_fomaml && have_data)); then
-    model_dir=$("$FOMAML" config show --config "configs/seeds/$model/base.yaml" |
+    model_dir=$("$FOMAML" config show --config "configs/experiments/$model/base.yaml" |
       awk '/^model:/{t=1; next} /^[^ ]/{t=0} t && $1=="partial_pretrain:" {sub(/^[^:]*: */, ""); gsub(/["'"'"']/, ""); print}')
     if [[ ! -d $model_dir ]]; then
-      msg="configs/seeds/$model/base.yaml: model.partial_pretrain $model_dir is not a directory (set it to the Hugging Face model directory)"
+      msg="configs/experiments/$model/base.yaml: model.partial_pretrain $model_dir is not a directory (set it to the Hugging Face model directory)"
       if [[ $DRY_RUN == 1 ]]; then note "$msg"; else die "$msg"; fi
     fi
   fi
@@ -182,7 +182,7 @@ report() {
     local chosen=0
     for e in "${selected[@]}"; do [[ $e == "$exp" ]] && chosen=1; done
     if [[ -f $(result "$model" "$exp") ]] || { [[ $DRY_RUN == 1 ]] && ((chosen)); }; then
-      methods+=(--method "$label=$(result "$model" "$exp"),${RUN_DIR[$model/$exp]:-runs/seeds/$model/$exp}/metrics.jsonl")
+      methods+=(--method "$label=$(result "$model" "$exp"),${RUN_DIR[$model/$exp]:-runs/experiments/$model/$exp}/metrics.jsonl")
     fi
   done
   ((${#methods[@]} / 2 >= min)) || return 0
@@ -197,7 +197,7 @@ for model in $MODELS; do
   note "=== $model: ${#selected[@]} experiment(s)"
   [[ $DRY_RUN == 1 ]] || mkdir -p "results/$model"
   for exp in "${selected[@]}"; do
-    cfg=configs/seeds/$model/$exp.yaml
+    cfg=configs/experiments/$model/$exp.yaml
     dir=${RUN_DIR[$model/$exp]}
     result_file=$(result "$model" "$exp")
     note "--- $model / $exp"

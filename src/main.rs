@@ -31,7 +31,7 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Few-shot curves: adapt on n support examples per task, then loss and generated-answer accuracy.
     Eval(cli::eval::EvalArgs),
-    /// Few-shot results and training logs of several methods as report.md with the seeds' comparison plots.
+    /// Few-shot results and training logs of several methods as report.md with the original trainer's comparison plots.
     Report(cli::report::ReportArgs),
     /// Per-GPU memory and step time of a config on N GPUs, before renting them.
     Plan(cli::plan::PlanArgs),

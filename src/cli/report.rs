@@ -1,5 +1,5 @@
 //! `fomaml report`: few-shot result files and training logs of several methods as a markdown report
-//! with the seeds' comparison plots.
+//! with the original trainer's comparison plots.
 
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@ use crate::train::Trainer;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// The run's YAML config (the seeds' layout; `fomaml prepare-data` writes one).
+    /// The run's YAML config (the original trainer's layout; `fomaml prepare-data` writes one).
     #[arg(long)]
     pub config: PathBuf,
     /// Stop after this meta-step (a checkpoint is written); run again to resume. For jobs with a

@@ -4,7 +4,7 @@
 //! the task's evaluation items — their teacher-forced loss, and the accuracy of the adapted model's
 //! greedy generations judged by [`answer::is_correct`] — and restore θ.
 //!
-//! Results use the seeds' layout, `{task: {n: {loss_mean, loss_std, accuracy_mean, accuracy_std}}}`
+//! Results use the original trainer's layout, `{task: {n: {loss_mean, loss_std, accuracy_mean, accuracy_std}}}`
 //! (std over runs, numpy's default ddof = 0), with each run's per-item correctness under `runs` for
 //! paired comparisons ([`super::compare`]). The shots never overlap the evaluated items: they come
 //! from the support split, the items from the query (held-out tasks) or test split.
@@ -331,7 +331,7 @@ pub fn evaluate_task(
     Ok(TaskResults { task: task.name.clone(), by_shots })
 }
 
-/// The seeds' JSON layout (shots as string keys, in evaluation order).
+/// The original trainer's JSON layout (shots as string keys, in evaluation order).
 pub fn to_json(results: &[TaskResults]) -> Value {
     let mut tasks = Map::new();
     for t in results {

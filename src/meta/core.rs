@@ -376,7 +376,7 @@ fn cpu_scalar(value: f64) -> Tensor {
 /// What the inner loop did on one task.
 #[derive(Debug, Default)]
 pub struct Adaptation {
-    /// Support loss before each inner step (the last is the seeds' `support_loss`), on the device.
+    /// Support loss before each inner step (the last is the original trainer's `support_loss`), on the device.
     pub support_losses: Vec<Tensor>,
     pub tokens: i64,
 }

@@ -1,4 +1,4 @@
-//! META-LoRA, the seeds' two-stage variant over a shared LoRA adapter:
+//! META-LoRA, the original trainer's two-stage variant over a shared LoRA adapter:
 //!
 //! stage 1, for each task i, from the shared adapter φ:
 //!     φ_i ← K AdamW steps (fresh state, gradients clipped to optim.clip_grad) on support batches

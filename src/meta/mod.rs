@@ -10,7 +10,7 @@ pub mod sft;
 
 use tch::{Device, Kind, Tensor};
 
-/// One task's part of a step: the seeds' per-task metrics.
+/// One task's part of a step: the original trainer's per-task metrics.
 #[derive(Debug, Clone, Default)]
 pub struct TaskOutcome {
     pub name: String,

@@ -7,7 +7,7 @@
 //! The update is handed to the outer optimizer as the direction θ − mean_i θ_i, so with
 //! `optim.optimizer_type: SGD` and `meta.outer_lr` = ε it is exactly the rule above, and the
 //! schedule (e.g. linear to 0) is Reptile's outer step-size decay. The query loss at θ_i is
-//! measured (no gradient) for the seeds' metrics.
+//! measured (no gradient) for the original trainer's metrics.
 
 use tch::Tensor;
 

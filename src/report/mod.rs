@@ -1,5 +1,5 @@
 //! Comparison report over several methods' few-shot results and training logs: a markdown file plus PNG plots that
-//! reproduce the seed document's three-panel figure (few-shot curve, compute cost, accuracy vs cost).
+//! reproduce the original trainer's experiment guide's three-panel figure (few-shot curve, compute cost, accuracy vs cost).
 
 mod intervals;
 mod plot;

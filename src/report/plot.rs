@@ -1,4 +1,4 @@
-//! PNG rendering of the seed document's comparison figure with plotters' bitmap backend.
+//! PNG rendering of the original trainer's experiment guide's comparison figure with plotters' bitmap backend.
 
 use anyhow::{anyhow, Result};
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
