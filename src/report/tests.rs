@@ -169,3 +169,40 @@ fn bad_inputs_name_the_file_and_leave_the_old_report() {
     assert_eq!(fs::read_to_string(out.join("report.md")).unwrap(), before);
     assert_eq!(fs::read_dir(&out).unwrap().count(), 4, "a failed run left files behind");
 }
+
+/// `fomaml eval`'s file for one task: at 5 shots, `runs` runs over `items` items, item i correct
+/// when `correct(i)`, the first `cut` items cut by the token budget.
+fn per_item_results(task: &str, items: usize, runs: usize, correct: impl Fn(usize) -> bool, cut: usize) -> String {
+    let run = |_| {
+        let c: Vec<bool> = (0..items).map(&correct).collect();
+        let t: Vec<bool> = (0..items).map(|i| i < cut).collect();
+        let acc = c.iter().filter(|x| **x).count() as f64 / items as f64;
+        serde_json::json!({"loss": 1.0, "accuracy": acc, "correct": c, "truncated": t})
+    };
+    let runs: Vec<Value> = (0..runs).map(run).collect();
+    let acc = runs[0]["accuracy"].clone();
+    serde_json::json!({task: {"5": {"loss_mean": 1.0, "loss_std": 0.0, "accuracy_mean": acc, "accuracy_std": 0.0, "runs": runs}}})
+        .to_string()
+}
+
+/// Issue: the report shows accuracy with item-bootstrap intervals, the share of generations cut
+/// by the token budget, and the paired difference from the first method; a file without per-item
+/// verdicts gets a note instead of an interval.
+#[test]
+fn the_report_has_item_level_intervals_and_the_cut_fraction() {
+    let dir = TempDir::new();
+    let a = dir.write("a.json", &per_item_results("t", 200, 3, |i| i % 4 == 0, 50));
+    let b = dir.write("b.json", &per_item_results("t", 200, 3, |i| i % 4 != 3, 0));
+    let old = dir.write("old.json", &results(&["5"], [&[0.4], &[0.5]]));
+    let methods = [input("A", a, None), input("B", b, None), input("old", old, None)];
+    let report = fs::read_to_string(write_report(&methods, &dir.0.join("out"), 5).unwrap()).unwrap();
+    assert!(report.contains("## Accuracy over all tasks, with intervals"), "{report}");
+    let row = report.lines().find(|l| l.starts_with("| 5 |") && l.contains("25.0% [")).expect(&report);
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // | 5 | A acc | A cut | B acc | B cut | B − A | old acc | old cut | old − A |
+    assert!(cells[2].starts_with("25.0% [") && cells[3] == "25.0%", "{row}");
+    assert!(cells[4].starts_with("75.0% [") && cells[5] == "0.0%", "{row}");
+    assert!(cells[6].starts_with("+50.0 ["), "{row}");
+    assert_eq!(&cells[7..10], ["–", "–", "–"], "{row}");
+    assert!(report.contains("old: the results file has no per-item verdicts"), "{report}");
+}
