@@ -115,17 +115,16 @@ fn every_shot_is_used_and_the_results_say_how_adaptation_ran() {
     let config = run.path().join("config.yaml");
     std::fs::write(&config, run.config.to_yaml()).unwrap();
     let out = run.path().join("curve.json");
-    let o = fomaml()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .args(["--n-shots", "0", "5", "10", "25", "--n-runs", "2", "--max-new-tokens", "3", "--log-samples", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    // `fomaml eval --config` with `args`: its stdout and the results it wrote.
+    let eval = |args: &[&str]| {
+        let o = fomaml().args(["eval", "--config"]).arg(&config).args(args).arg("--out").arg(&out).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        (String::from_utf8_lossy(&o.stdout).into_owned(), json)
+    };
+    let (stdout, json) =
+        eval(&["--n-shots", "0", "5", "10", "25", "--n-runs", "2", "--max-new-tokens", "3", "--log-samples"]);
     assert!(stdout.contains("whole passes over the shots, at least one and at least 5 steps"), "{stdout}");
-    let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let (task, curve) = json.as_object().unwrap().iter().next().unwrap();
     // The embedded default: K = 5 inner steps of batches of 8.
     for (n, passes, steps) in [(5, 5, 5), (10, 3, 6), (25, 2, 8)] {
@@ -149,28 +148,11 @@ fn every_shot_is_used_and_the_results_say_how_adaptation_ran() {
     assert_eq!((first["stop"].as_str(), first["shots"].as_u64()), (Some("length"), Some(0)));
 
     // Exactly two passes, and the original evaluation's protocol (one shot per step, 100 passes).
-    let o = fomaml()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .args(["--n-shots", "10", "--n-runs", "1", "--max-new-tokens", "1", "--epochs", "2", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let (_, json) = eval(&["--n-shots", "10", "--n-runs", "1", "--max-new-tokens", "1", "--epochs", "2"]);
     assert_eq!(json[task]["10"]["adaptation"]["steps"], 4);
-    let o = fomaml()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .args(["--n-shots", "2", "--n-runs", "1", "--max-new-tokens", "1", "--protocol", "original", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let (stdout, json) = eval(&["--n-shots", "2", "--n-runs", "1", "--max-new-tokens", "1", "--protocol", "original"]);
     assert!(stdout.contains("Adam (fresh state), lr 0.0001, betas (0.9, 0.999), weight decay 0.01"), "{stdout}");
     assert!(stdout.contains("100 passes over the shots") && stdout.contains("batches of up to 1 rows"), "{stdout}");
-    let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(json[task]["2"]["adaptation"]["steps"], 200);
 
     let zero_runs =

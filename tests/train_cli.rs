@@ -99,5 +99,6 @@ fn bad_configs_are_refused_with_the_key_named() {
     assert!(run("meta.algorithm=meta_lora").contains("model.lora_rank"));
     assert!(run("meta.algorithm=reptil").contains("meta.algorithm"));
     assert!(run("model.partial_pretrain=/nonexistent").contains("/nonexistent"));
-    assert!(run("trainer.logger=[wandb]").contains("trainer.logger"));
+    assert!(run("trainer.logger=[neptune]").contains("trainer.logger"));
+    assert!(run("meta.outer_lr=-0.001").contains("override `meta.outer_lr=-0.001`: `meta.outer_lr`"));
 }
