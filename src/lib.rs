@@ -7,7 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
-pub mod dist;
+pub mod distributed;
 pub mod eval;
 pub mod fsutil;
 pub mod meta;

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use fomaml::dist::{
+use fomaml::distributed::{
     Communicator, Dist, DistEnv, SingleRank, StoreClient, StoreError, StoreServer, StoreServerHandle, TcpComm,
 };
 use half::bf16;

@@ -12,7 +12,7 @@ use common::train::synthetic_run;
 use fomaml::checkpoint;
 use fomaml::config::schema::Sharding;
 use fomaml::data::synthetic::SyntheticSpec;
-use fomaml::dist::{Backend, CommError, Communicator, NcclComm};
+use fomaml::distributed::{Backend, CommError, Communicator, NcclComm};
 use fomaml::metrics::read_jsonl;
 use fomaml::train::Trainer;
 use tch::{Device, Kind, Tensor};

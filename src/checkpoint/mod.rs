@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::dist::fsdp::Layout;
+use crate::distributed::layout::Layout;
 use crate::fsutil::write_atomically;
 use crate::tensor_io::{read_safetensors, write_safetensors, MappedSafetensors};
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::{CheckpointError, CheckpointMeta, CheckpointReader};
-use crate::dist::fsdp::{Layout, Unit};
+use crate::distributed::layout::{Layout, Unit};
 use crate::tensor_io::{tensor_from_view, MappedSafetensors};
 
 pub const MODEL_FILE: &str = "model.safetensors";

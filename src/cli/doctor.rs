@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::dist::nccl_lib;
+use crate::distributed::nccl_lib;
 use crate::runtime::{
     cuda_backend_loaded, loaded_libtorch_dir, loaded_libtorch_version, major_minor, BUILD_LIBTORCH_VERSION,
 };

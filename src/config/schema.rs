@@ -247,7 +247,7 @@ pub struct TrainerSection {
     /// auto (FSDP when WORLD_SIZE > 1) or fsdp (also on one rank).
     pub sharding: Sharding,
     /// The communicator: auto (NCCL on GPUs, the CPU backend otherwise), nccl (also on one rank), cpu.
-    pub backend: crate::dist::Backend,
+    pub backend: crate::distributed::Backend,
 }
 
 impl Default for TrainerSection {
@@ -264,7 +264,7 @@ impl Default for TrainerSection {
             nan_policy: NanPolicy::Abort,
             num_threads: None,
             sharding: Sharding::Auto,
-            backend: crate::dist::Backend::Auto,
+            backend: crate::distributed::Backend::Auto,
         }
     }
 }

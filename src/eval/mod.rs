@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
-use crate::dist::CommError;
+use crate::distributed::CommError;
 use crate::meta::core::{InnerRule, Learner};
 use crate::meta::loss::masked_nll_sum;
 

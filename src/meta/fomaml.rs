@@ -10,7 +10,7 @@ use super::core::{accumulate, adapt, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
-use crate::dist::CommError;
+use crate::distributed::CommError;
 
 /// Writes the meta-gradient into `meta_grad` (overwritten) and returns what each task did.
 pub fn meta_gradient(

@@ -14,7 +14,7 @@ use super::core::{accumulate, adapt, zero_, InnerRule, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::{MetaSection, OptimSection};
 use crate::data::tasks::{Split, TaskData};
-use crate::dist::CommError;
+use crate::distributed::CommError;
 
 pub fn meta_gradient(
     learner: &Learner,

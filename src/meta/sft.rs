@@ -6,7 +6,7 @@ use super::core::{accumulate, zero_, Learner};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
-use crate::dist::CommError;
+use crate::distributed::CommError;
 
 pub fn gradient(
     learner: &Learner,

@@ -10,7 +10,7 @@
 
 use crate::config::schema::{Algorithm, InnerOptimizerType, OptimizerType};
 use crate::config::Config;
-use crate::dist::fsdp::Layout;
+use crate::distributed::layout::Layout;
 use crate::model::{LoraConfig, ModelConfig};
 
 /// The accelerators `--gpu` knows: memory and dense bf16 peak (no sparsity).

@@ -24,7 +24,7 @@ use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::tasks::{Split, TaskData, TaskPosition};
-use crate::dist::{cuda, CommError, Dist, DistEnv};
+use crate::distributed::{cuda, CommError, Dist, DistEnv};
 use crate::eval::{adaptation_curve, SplitScore};
 use crate::meta::core::{InnerRule, Learner};
 use crate::meta::{fomaml, maml, meta_lora, reptile, sft, TaskOutcome};

@@ -9,7 +9,7 @@ use crate::config::schema::{Algorithm, InnerOptimizerType};
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
-use crate::dist::fsdp::SharedComm;
+use crate::distributed::fsdp::SharedComm;
 use crate::meta::core::Learner;
 use crate::metrics::{JsonlSink, MetricSink, TensorBoardSink};
 use crate::model::loader::MappedWeights;

@@ -213,7 +213,7 @@ mod tests {
     use std::sync::{mpsc, Arc, Mutex};
 
     use super::*;
-    use crate::dist::comm::OpKind;
+    use crate::distributed::comm::OpKind;
 
     struct Flag(Arc<AtomicBool>);
     impl Completion for Flag {
@@ -247,7 +247,7 @@ mod tests {
         assert!(message.contains("all_gather #7") && message.contains("rank 1 of 3"), "{message}");
         assert!(message.contains("did not complete within 0.05 s"), "{message}");
         assert!(message.contains("rank 2 is behind") && message.contains("rank 2 #3"), "{message}");
-        assert!(message.contains(crate::dist::TIMEOUT_ENV), "{message}");
+        assert!(message.contains(crate::distributed::TIMEOUT_ENV), "{message}");
         // The completed all_reduce was published before the report was built.
         assert_eq!(published.lock().unwrap().last(), Some(&6));
         drop(dog);
@@ -309,7 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error_file = dir.path().join("error.json");
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "dist::watchdog::tests::deadline_child", "--nocapture", "--test-threads=1"])
+            .args(["--exact", "distributed::watchdog::tests::deadline_child", "--nocapture", "--test-threads=1"])
             .env("FOMAML_DEADLINE_CHILD", "1")
             .env("TORCHELASTIC_ERROR_FILE", &error_file)
             .output()

@@ -9,6 +9,7 @@
 pub mod comm;
 pub mod cuda;
 pub mod fsdp;
+pub mod layout;
 mod link;
 pub mod nccl;
 pub mod nccl_lib;
