@@ -193,3 +193,19 @@ fn config_show_resolves_the_shipped_configs_and_names_bad_keys() {
     let out = fomaml(&["config", "show", "--config", "/no/such.yaml"]);
     assert_one_line_error(&out, &["/no/such.yaml"]);
 }
+
+/// `fomaml --help` lists the subcommands in the order of a run, with examples; so does `train`.
+#[test]
+fn help_follows_the_workflow_with_examples() {
+    let help = |args: &[&str]| {
+        let out = fomaml(args);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let at = |name: &str| top.find(&format!("\n  {name} ")).unwrap_or_else(|| panic!("{name} not listed:\n{top}"));
+    let order = ["prepare-data", "train", "eval", "compare", "report", "export", "demo", "config", "plan", "doctor"];
+    assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{top}");
+    assert!(top.contains("A first run") && top.contains("fomaml-launch --nproc-per-node 4"), "{top}");
+    assert!(help(&["train", "--help"]).contains("Examples:\n  fomaml train --config"));
+}

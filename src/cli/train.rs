@@ -6,9 +6,19 @@ use anyhow::{Context, Result};
 
 use crate::train::Trainer;
 
+/// `fomaml train --help`'s examples.
+pub const EXAMPLES: &str = "\
+Examples:
+  fomaml train --config data/math/config.yaml
+  fomaml train --config CONFIG meta.inner_lr=1e-4 trainer.total_steps=100   # overrides
+  fomaml train --config CONFIG --stop-at-step 500    # for a job with a time limit; run again to resume
+  fomaml-launch --nproc-per-node 4 -- fomaml train --config CONFIG             # 4 GPUs, sharded
+  fomaml config show --config CONFIG --sources       # what the run will use, and from where";
+
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// The run's YAML config (the original trainer's layout; `fomaml prepare-data` writes one).
+    /// The run's YAML config: this project's layout or the original Python/verl trainer's
+    /// (`fomaml prepare-data` writes one).
     #[arg(long)]
     pub config: PathBuf,
     /// Stop after this meta-step (a checkpoint is written); run again to resume. For jobs with a

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
 
 use super::comm::{CommError, Communicator};
-use super::layout::NORM;
 use super::layout::Layout;
+use super::layout::NORM;
 use crate::data::sft::SftBatch;
 use crate::model::llama::{embed, DecoderLayer, LayerInputs, RmsNorm, Rotary};
 use crate::model::{ModelConfig, Weights};
