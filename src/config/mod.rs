@@ -442,7 +442,7 @@ mod tests {
         assert!(e.contains("w.yaml") && e.contains("nowhere.yaml"), "{e}");
     }
 
-    const SEED_STYLE: &str = r#"
+    const ORIGINAL_STYLE: &str = r#"
 model:
   partial_pretrain: "./models/Qwen3-4B-Instruct-2507"
   fsdp_config:
@@ -464,8 +464,8 @@ optim:
 "#;
 
     #[test]
-    fn the_seeds_layout_loads_with_defaults_for_the_rest() {
-        let cfg = Config::from_yaml(SEED_STYLE, "seed.yaml", &[]).unwrap();
+    fn the_original_layout_loads_with_defaults_for_the_rest() {
+        let cfg = Config::from_yaml(ORIGINAL_STYLE, "original.yaml", &[]).unwrap();
         assert_eq!(cfg.meta.inner_lr, 1e-4);
         assert_eq!(cfg.meta.outer_lr, 3e-5);
         assert_eq!(cfg.meta.tasks[0].name, "medical");
@@ -497,13 +497,16 @@ optim:
     fn overrides_apply_after_the_file_and_are_checked() {
         let overrides =
             ["meta.inner_lr=1e-3".to_string(), "data.truncation=left".into(), "meta.tasks.0.name=law".into()];
-        let cfg = Config::from_yaml(SEED_STYLE, "seed.yaml", &overrides).unwrap();
+        let cfg = Config::from_yaml(ORIGINAL_STYLE, "original.yaml", &overrides).unwrap();
         assert_eq!(cfg.meta.inner_lr, 1e-3);
         assert_eq!(cfg.data.truncation, crate::data::Truncation::Left);
         assert_eq!(cfg.meta.tasks[0].name, "law");
-        let err = Config::from_yaml(SEED_STYLE, "seed.yaml", &["meta.inner_steps=3".into()]).unwrap_err().to_string();
+        let err =
+            Config::from_yaml(ORIGINAL_STYLE, "original.yaml", &["meta.inner_steps=3".into()]).unwrap_err().to_string();
         assert!(err.contains("override `meta.inner_steps=3`") && err.contains("unknown key"), "{err}");
-        let err = Config::from_yaml(SEED_STYLE, "seed.yaml", &["meta.tasks.5.name=x".into()]).unwrap_err().to_string();
+        let err = Config::from_yaml(ORIGINAL_STYLE, "original.yaml", &["meta.tasks.5.name=x".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no index 5"), "{err}");
         assert!(matches!(Config::from_yaml("", "e", &["novalue".into()]), Err(ConfigError::BadOverride(_))));
     }

@@ -30,7 +30,7 @@ const RENAMES: &[(&str, &str)] = &[
     ("trainer.resume_mode", "checkpoint.resume_mode"),
     ("trainer.resume_from_path", "checkpoint.resume_path"),
     ("trainer.max_ckpt_to_keep", "checkpoint.max_ckpt_to_keep"),
-    // It seeds the choice of capped rows, which trainer.seed does here.
+    // It picks which rows a cap keeps, which trainer.seed does here.
     ("data.seed", "trainer.seed"),
 ];
 

@@ -407,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trips_in_the_seeds_layout() {
+    fn json_round_trips_in_the_original_layout() {
         let run = |a: f64| RunResult {
             loss: 1.0 - a,
             accuracy: a,
