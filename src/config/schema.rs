@@ -186,6 +186,14 @@ impl Default for MetaSection {
     }
 }
 
+impl MetaSection {
+    /// Whether the meta-gradient differentiates through the inner steps: algorithm maml, or the
+    /// original trainer's `algorithm: fomaml` with `use_fomaml: false`. Decided here only.
+    pub fn second_order(&self) -> bool {
+        self.algorithm == Algorithm::Maml || (self.algorithm == Algorithm::Fomaml && !self.use_fomaml)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TaskSection {

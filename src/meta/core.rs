@@ -496,9 +496,32 @@ impl InnerOptimizer {
     }
 }
 
-/// The inner loop as `meta` sets it: K = `meta.num_inner_steps` steps of `rule` (fresh optimizer
-/// state) on support batches of `meta.inner_batch_size` from the task's sampler, a fresh batch per
-/// step unless `meta.fresh_support_batch_per_step` is off. θ is left at θ′.
+/// The support batches of one task's inner loop: K = `meta.num_inner_steps` batches of
+/// `meta.inner_batch_size` from the task's sampler, a fresh one per step unless
+/// `meta.fresh_support_batch_per_step` is off (then the first is reused). Every inner loop — the
+/// first-order ones, MAML's, SFT's support gradients — draws through it.
+pub struct SupportBatches<'a> {
+    meta: &'a MetaSection,
+    current: Option<SftBatch>,
+}
+
+impl<'a> SupportBatches<'a> {
+    pub fn new(meta: &'a MetaSection) -> Self {
+        Self { meta, current: None }
+    }
+
+    /// The batch of the next inner step.
+    pub fn next(&mut self, task: &mut TaskData, learner: &Learner) -> &SftBatch {
+        if self.current.is_none() || self.meta.fresh_support_batch_per_step {
+            let batch = task.next_batch(Split::Support, self.meta.inner_batch_size, learner.pad_id, learner.device);
+            self.current = Some(batch);
+        }
+        self.current.as_ref().expect("drawn above")
+    }
+}
+
+/// The inner loop as `meta` sets it: K steps of `rule` (fresh optimizer state) on the task's
+/// [`SupportBatches`]. θ is left at θ′.
 pub fn adapt(
     learner: &Learner,
     task: &mut TaskData,
@@ -507,12 +530,9 @@ pub fn adapt(
 ) -> Result<Adaptation, CommError> {
     let mut optimizer = rule.start(learner);
     let mut out = Adaptation::default();
-    let mut batch = None;
-    for step in 0..meta.num_inner_steps {
-        if step == 0 || meta.fresh_support_batch_per_step {
-            batch = Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
-        }
-        let batch = batch.as_ref().expect("drawn at step 0");
+    let mut support = SupportBatches::new(meta);
+    for _ in 0..meta.num_inner_steps {
+        let batch = support.next(task, learner);
         let (loss, grads) = learner.loss_and_grads(batch)?;
         out.support_losses.push(loss);
         out.tokens += batch.tokens();

@@ -12,7 +12,7 @@
 
 use tch::Tensor;
 
-use super::core::{accumulate, zero_, Learner};
+use super::core::{accumulate, zero_, Learner, SupportBatches};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -29,12 +29,9 @@ pub fn meta_gradient(
     for task in tasks.iter_mut() {
         let mut outcome = PendingOutcome::new(&task.name);
         let mut fast: Vec<Tensor> = learner.params().iter().map(Tensor::shallow_clone).collect();
-        let mut support = None;
-        for step in 0..meta.num_inner_steps {
-            if step == 0 || meta.fresh_support_batch_per_step {
-                support = Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
-            }
-            let batch = support.as_ref().expect("drawn at step 0");
+        let mut support = SupportBatches::new(meta);
+        for _ in 0..meta.num_inner_steps {
+            let batch = support.next(task, learner);
             let loss = learner.loss_at(&fast, batch);
             outcome.support_loss = Some(loss.detach());
             outcome.tokens += batch.tokens();

@@ -2,7 +2,7 @@
 //! passes as a FOMAML meta-step (K support batches and one query batch per task), but every
 //! gradient is taken at θ, with no adaptation; their mean is the update direction.
 
-use super::core::{accumulate, zero_, Learner};
+use super::core::{accumulate, zero_, Learner, SupportBatches};
 use super::{resolve, PendingOutcome, TaskOutcome};
 use crate::config::schema::MetaSection;
 use crate::data::tasks::{Split, TaskData};
@@ -20,13 +20,9 @@ pub fn gradient(
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
         let mut outcome = PendingOutcome::new(&task.name);
-        let mut support_batch = None;
-        for step in 0..meta.num_inner_steps {
-            if step == 0 || meta.fresh_support_batch_per_step {
-                support_batch =
-                    Some(task.next_batch(Split::Support, meta.inner_batch_size, learner.pad_id, learner.device));
-            }
-            let batch = support_batch.as_ref().expect("drawn at step 0");
+        let mut support = SupportBatches::new(meta);
+        for _ in 0..meta.num_inner_steps {
+            let batch = support.next(task, learner);
             let (loss, grads) = learner.loss_and_grads(batch)?;
             outcome.support_loss = Some(loss.detach());
             outcome.tokens += batch.tokens();

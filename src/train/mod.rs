@@ -167,8 +167,10 @@ impl Trainer {
             // 2. The update direction, left in `grad`: the meta-gradient, or the SFT gradient.
             let (meta, optim) = (&self.config.meta, &self.config.optim);
             let outcomes = match meta.algorithm {
-                Algorithm::Fomaml if meta.use_fomaml => fomaml::meta_gradient(&self.learner, &mut batch, meta, &grad),
-                Algorithm::Fomaml | Algorithm::Maml => Ok(maml::meta_gradient(&self.learner, &mut batch, meta, &grad)),
+                Algorithm::Fomaml | Algorithm::Maml if meta.second_order() => {
+                    Ok(maml::meta_gradient(&self.learner, &mut batch, meta, &grad))
+                }
+                Algorithm::Fomaml | Algorithm::Maml => fomaml::meta_gradient(&self.learner, &mut batch, meta, &grad),
                 Algorithm::Sft => sft::gradient(&self.learner, &mut batch, meta, &grad),
                 Algorithm::MetaLora => meta_lora::meta_gradient(&self.learner, &mut batch, meta, optim, &grad),
                 Algorithm::Reptile => reptile::direction(&self.learner, &mut batch, meta, optim, &grad),

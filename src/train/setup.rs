@@ -58,7 +58,7 @@ pub fn check(config: &Config, world_size: usize) -> Result<()> {
             meta.algorithm
         );
     }
-    let second_order = meta.algorithm == Algorithm::Maml || (meta.algorithm == Algorithm::Fomaml && !meta.use_fomaml);
+    let second_order = meta.second_order();
     if second_order && world_size > 1 {
         bail!(
             "meta.algorithm maml (second order) runs on one process only: it differentiates through the inner \
@@ -133,8 +133,7 @@ pub fn load(config: &Config, device: Device, shard_over: Option<SharedComm>) -> 
             }
         }
     };
-    learner.second_order = config.meta.algorithm == Algorithm::Maml
-        || (config.meta.algorithm == Algorithm::Fomaml && !config.meta.use_fomaml);
+    learner.second_order = config.meta.second_order();
 
     let encoding = Encoding::new(&tokenizer, &config.data);
     let seed = config.trainer.seed;
