@@ -383,3 +383,27 @@ fn every_other_algorithm_runs_on_two_ranks_like_one_process() {
         assert_same_losses(&losses(&run.run_dir("whole")), &losses(&run.run_dir("ranks2")));
     }
 }
+
+/// The original trainer's documented launch, `torchrun --nproc_per_node=4 maml_sft_trainer.py
+/// --config-path data/math_science_meta --config-name config_fomaml_math_science`, with
+/// fomaml-launch for torchrun and `fomaml train` for the script (2 ranks on this CPU, and
+/// `--standalone` so that tests running at once do not share torchrun's default port).
+#[test]
+fn the_original_trainers_torchrun_command_line_runs() {
+    let run = small_run(Algorithm::Fomaml, false);
+    let config = write_config(&run, "torchrun");
+    let (dir, name) = (config.parent().unwrap(), config.file_stem().unwrap());
+    let out = Command::new(launcher())
+        .args(["--standalone", "--nproc_per_node=2"])
+        .arg(env!("CARGO_BIN_EXE_fomaml"))
+        .args(["train", "--config-path"])
+        .arg(dir)
+        .arg("--config-name")
+        .arg(name)
+        .env("FOMAML_COLLECTIVE_TIMEOUT_S", "60")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loaded = checkpoint::load(&newest(&run.run_dir("torchrun"))).unwrap();
+    assert_eq!(loaded.meta.world_size, 2);
+}

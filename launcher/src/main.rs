@@ -6,6 +6,7 @@
 mod rdzv;
 mod report;
 mod slurm;
+mod torchrun;
 mod workers;
 
 use std::path::PathBuf;
@@ -19,12 +20,14 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use rdzv::Rendezvous;
 
 const AFTER_HELP: &str = "\
-Examples:
-  fomaml-launch --nproc 4 -- fomaml train --config configs/x.yaml
+Examples (torchrun's command lines run as they are, with fomaml-launch in place of torchrun):
+  fomaml-launch --nproc-per-node 4 fomaml train --config configs/x.yaml
+  fomaml-launch --nproc-per-node gpu -- fomaml train --config configs/x.yaml
   # on each of two nodes, NODE being 0 on the one called n1 and 1 on the other:
-  fomaml-launch --nnodes 2 --node-rank NODE --master-addr n1 --run-id exp7 --nproc 4 -- fomaml train ...
+  fomaml-launch --nnodes 2 --node-rank NODE --rdzv-endpoint n1:29500 --rdzv-id exp7 --nproc-per-node 4 \\
+      fomaml train ...
   # under Slurm (one task per node), the node count, rank, address and run id come from Slurm:
-  srun --ntasks-per-node 1 fomaml-launch --nproc 4 -- fomaml train ...
+  srun --ntasks-per-node 1 fomaml-launch --nproc-per-node 4 -- fomaml train ...
 
 Each rank gets RANK, LOCAL_RANK, GROUP_RANK, ROLE_RANK, ROLE_NAME, WORLD_SIZE, LOCAL_WORLD_SIZE,
 GROUP_WORLD_SIZE, ROLE_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT,
@@ -32,21 +35,27 @@ TORCHELASTIC_MAX_RESTARTS, TORCHELASTIC_RUN_ID, TORCHELASTIC_ERROR_FILE,
 TORCHELASTIC_USE_AGENT_STORE=True (node 0's launcher serves the store at MASTER_ADDR:MASTER_PORT
 for as long as it runs, across restarts), and OMP_NUM_THREADS unless it is set.
 
-torchrun's spellings are accepted too: --nproc_per_node, --nproc-per-node, --node_rank,
---master_addr, --master_port, --max_restarts, --monitor_interval, --log_dir, --run_id, --rdzv-id,
---rdzv_id, --rdzv_timeout.";
+torchrun's underscore spellings are accepted too: --nproc_per_node, --node_rank, --master_addr,
+--master_port, --max_restarts, --monitor_interval, --log_dir, --run_id, --rdzv_id,
+--rdzv_endpoint, --rdzv_backend, --rdzv_timeout, --local_ranks_filter; and -r / -t for
+--redirects / --tee. Not elastic: --nnodes takes one number (or N:N).";
 
 /// Starts one process per rank with torchrun's environment, watches them, restarts them, and
 /// reports the root cause of a failure; node 0's launcher hosts the rendezvous store.
 #[derive(Debug, Parser)]
 #[command(name = "fomaml-launch", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Processes per node (one per GPU); LOCAL_RANK binds each to a GPU.
-    #[arg(long, alias = "nproc-per-node", alias = "nproc_per_node", default_value_t = 1)]
+    /// Processes per node: a number, gpu (one per visible GPU), cpu (one per core), or auto (gpu
+    /// when there are GPUs, else cpu). LOCAL_RANK binds each to a GPU.
+    #[arg(long = "nproc-per-node", visible_alias = "nproc", alias = "nproc_per_node", default_value = "1",
+          value_parser = torchrun::parse_nproc)]
+    pub nproc_per_node: torchrun::Nproc,
+    /// --nproc-per-node as a number (set by `resolve`).
+    #[arg(skip)]
     pub nproc: usize,
-    /// Number of nodes, each running one fomaml-launch with the same flags but --node-rank.
-    /// Default: SLURM_NNODES under Slurm, else 1.
-    #[arg(long, env = "SLURM_NNODES", default_value_t = 1)]
+    /// Number of nodes, each running one fomaml-launch with the same flags but --node-rank (torchrun's
+    /// N:N is accepted; an elastic MIN:MAX is not). Default: SLURM_NNODES under Slurm, else 1.
+    #[arg(long, env = "SLURM_NNODES", default_value = "1", value_parser = torchrun::parse_nnodes)]
     pub nnodes: usize,
     /// This node's rank among the nodes (0 hosts the store); ranks of its workers are
     /// node_rank * nproc + local_rank. Default: SLURM_NODEID under Slurm (ignored with --nnodes 1), else 0.
@@ -60,6 +69,14 @@ pub struct Args {
     /// port the system picks, printed as "the store listens on HOST:PORT" for the other nodes.
     #[arg(long, alias = "master_port", default_value_t = 29500)]
     pub master_port: u16,
+    /// torchrun's HOST[:PORT] of the rendezvous: node 0's address (--master-addr) and the store's
+    /// port (--master-port).
+    #[arg(long, alias = "rdzv_endpoint", value_parser = torchrun::parse_endpoint)]
+    pub rdzv_endpoint: Option<torchrun::Endpoint>,
+    /// torchrun's rendezvous backend: static or c10d, which both mean node 0's launcher hosts the
+    /// store; others are refused.
+    #[arg(long, alias = "rdzv_backend", value_parser = torchrun::parse_backend)]
+    pub rdzv_backend: Option<String>,
     /// Single node on a free port of 127.0.0.1 (overrides --master-addr/--master-port).
     #[arg(long)]
     pub standalone: bool,
@@ -80,30 +97,38 @@ pub struct Args {
     /// rank on a single node; the global rank keeps nodes sharing a file system apart).
     #[arg(long, alias = "log_dir")]
     pub log_dir: Option<PathBuf>,
-    /// Write streams to the log files only: 0 none, 1 stdout, 2 stderr, 3 both (needs --log-dir).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub redirects: u8,
-    /// Write streams to the log files and the console, prefixed by rank: 0-3 as --redirects.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub tee: u8,
+    /// Write streams to the log files only: 0 none, 1 stdout, 2 stderr, 3 both, for every rank or
+    /// per local rank (0:1,1:2) (needs --log-dir).
+    #[arg(long, short = 'r', default_value = "0", value_parser = torchrun::parse_streams)]
+    pub redirects: torchrun::Streams,
+    /// Write streams to the log files and the console, prefixed by rank: as --redirects.
+    #[arg(long, short = 't', default_value = "0", value_parser = torchrun::parse_streams)]
+    pub tee: torchrun::Streams,
+    /// Only these local ranks' output reaches the console (e.g. 0 or 0,1); log files get all.
+    #[arg(long, alias = "local_ranks_filter", value_parser = torchrun::parse_ranks)]
+    pub local_ranks_filter: Option<torchrun::RankFilter>,
     /// Identifies this run (TORCHELASTIC_RUN_ID); the store refuses launchers and ranks of any
     /// other. Several nodes need the same one: default SLURM_JOB_ID there, else required. A
     /// single node makes one up.
     #[arg(long, alias = "run_id", alias = "rdzv-id", alias = "rdzv_id")]
     pub run_id: Option<String>,
-    /// The command each rank runs, after `--`.
-    #[arg(last = true, required = true, num_args = 1..)]
+    /// The command each rank runs (after `--`, or after the last flag as torchrun takes it).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
     /// Where --node-rank came from, for messages and for --nnodes 1 to override it.
     #[arg(skip)]
     node_rank_from_slurm: bool,
+    /// Whether --master-addr / --master-port were given (they must agree with --rdzv-endpoint).
+    #[arg(skip)]
+    master_given: (bool, bool),
 }
 
 impl Args {
     /// Checks the flags and fills in what Slurm or --standalone decide.
     fn resolve(&mut self) -> Result<()> {
-        if self.nproc == 0 {
-            bail!("--nproc must be at least 1");
+        self.nproc = self.nproc_per_node.resolve(torchrun::visible_gpus()).map_err(anyhow::Error::msg)?;
+        if let Some(endpoint) = self.rdzv_endpoint.clone() {
+            self.take_endpoint(endpoint)?;
         }
         if self.nnodes == 0 {
             bail!("--nnodes must be at least 1");
@@ -119,7 +144,7 @@ impl Args {
         if self.standalone && self.nnodes > 1 {
             bail!("--standalone is for a single node, but --nnodes is {}", self.nnodes);
         }
-        if (self.redirects | self.tee) != 0 && self.log_dir.is_none() {
+        if (self.redirects.any() || self.tee.any()) && self.log_dir.is_none() {
             bail!("--redirects and --tee write to per-rank log files: give --log-dir");
         }
         let interval_ok = self.monitor_interval.is_finite() && self.monitor_interval > 0.0;
@@ -154,6 +179,28 @@ impl Args {
                 ),
             }
         }
+        Ok(())
+    }
+}
+
+impl Args {
+    /// --rdzv-endpoint as --master-addr and --master-port; refused where those say otherwise.
+    fn take_endpoint(&mut self, endpoint: torchrun::Endpoint) -> Result<()> {
+        let (addr_given, port_given) = self.master_given;
+        if addr_given && self.master_addr.as_deref() != Some(endpoint.host.as_str()) {
+            bail!(
+                "--rdzv-endpoint {} and --master-addr {} name different hosts: give one",
+                endpoint.host,
+                self.master_addr.as_deref().unwrap_or_default()
+            );
+        }
+        if let Some(port) = endpoint.port {
+            if port_given && port != self.master_port {
+                bail!("--rdzv-endpoint port {port} and --master-port {} differ: give one", self.master_port);
+            }
+            self.master_port = port;
+        }
+        self.master_addr = Some(endpoint.host);
         Ok(())
     }
 }
@@ -238,6 +285,8 @@ fn main() -> ExitCode {
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     args.node_rank_from_slurm = matches.value_source("node_rank") == Some(ValueSource::EnvVariable);
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    args.master_given = (given("master_addr"), given("master_port"));
     match run(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -149,16 +149,20 @@ impl Group {
                 cmd.env("OMP_NUM_THREADS", threads.to_string());
             }
             let log = |name: &str| rank_dir.join(name);
-            let want_file = |bit: u8| args.log_dir.is_some() && stream_mode(args.redirects | args.tee, bit);
+            let (redirects, tee_mode) = (args.redirects.for_rank(local_rank), args.tee.for_rank(local_rank));
+            let want_file = |bit: u8| args.log_dir.is_some() && stream_mode(redirects | tee_mode, bit);
+            let on_console = args.local_ranks_filter.as_ref().is_none_or(|f| f.0.contains(&local_rank));
             for (bit, name) in [(1u8, "stdout.log"), (2u8, "stderr.log")] {
-                let stdio = if want_file(bit) && stream_mode(args.tee, bit) {
+                let stdio = if want_file(bit) && stream_mode(tee_mode, bit) && on_console {
                     Stdio::piped()
                 } else if want_file(bit) {
                     Stdio::from(
                         File::create(log(name)).with_context(|| format!("cannot create {}", log(name).display()))?,
                     )
-                } else {
+                } else if on_console {
                     Stdio::inherit()
+                } else {
+                    Stdio::null()
                 };
                 if bit == 1 {
                     cmd.stdout(stdio);

@@ -250,8 +250,12 @@ fn torchruns_spellings_are_accepted_and_help_explains_every_flag() {
     let help = launch(&["--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
-        "--nproc ",
+        "--nproc-per-node",
         "--nnodes",
+        "--rdzv-endpoint",
+        "--rdzv-backend",
+        "--local-ranks-filter",
+        "Not elastic",
         "--node-rank",
         "--master-addr",
         "--master-port",
@@ -270,4 +274,52 @@ fn torchruns_spellings_are_accepted_and_help_explains_every_flag() {
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
     }
+}
+
+/// A torchrun command line runs as it is: `--nproc-per-node auto`, `--rdzv-endpoint` and
+/// `--rdzv-backend`, per-rank `-r` / `-t` maps, `--local-ranks-filter`, the command without `--`;
+/// an elastic `--nnodes` is refused saying why.
+#[test]
+fn torchrun_command_lines_run_as_they_are() {
+    let logs = tempfile::tempdir().unwrap();
+    let log_dir = format!("--log_dir={}", logs.path().display());
+    let script = "echo out-$LOCAL_RANK $LOCAL_WORLD_SIZE; echo err-$LOCAL_RANK >&2";
+    let out = launch(&[
+        "--nproc_per_node=2",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=127.0.0.1:0",
+        "--rdzv_id=tr",
+        &log_dir,
+        "-r",
+        "0:1",
+        "-t",
+        "1:2",
+        "--local_ranks_filter=1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(reported_port(&stderr(&out)).is_some(), "port 0 from --rdzv-endpoint: {}", stderr(&out));
+    let read =
+        |rank: usize, name: &str| std::fs::read_to_string(logs.path().join(format!("tr/attempt_0/{rank}/{name}")));
+    // Rank 0: stdout redirected to its file only; its stderr would reach the console, but the
+    // filter keeps rank 0 off it. Rank 1: stderr teed (file and console), stdout on the console.
+    assert_eq!(read(0, "stdout.log").unwrap().trim(), "out-0 2");
+    assert_eq!(read(1, "stderr.log").unwrap().trim(), "err-1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "out-1 2", "{stdout}");
+    assert!(stderr(&out).contains("[1]:err-1") && !stderr(&out).contains("err-0"), "{}", stderr(&out));
+
+    let auto = launch(&["--nproc-per-node", "auto", "--standalone", "sh", "-c", "echo $LOCAL_WORLD_SIZE"]);
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    let n: usize = String::from_utf8_lossy(&auto.stdout).lines().next().unwrap().parse().unwrap();
+    assert!(n >= 1, "auto: {n} processes");
+
+    let elastic = launch(&["--nnodes", "1:4", "--", "true"]);
+    assert!(!elastic.status.success() && stderr(&elastic).contains("not elastic"), "{}", stderr(&elastic));
+    let etcd = launch(&["--rdzv-backend", "etcd", "true"]);
+    assert!(!etcd.status.success() && stderr(&etcd).contains("not supported"), "{}", stderr(&etcd));
+    let clash = launch(&["--rdzv-endpoint", "n1:29500", "--master-addr", "n2", "true"]);
+    assert!(!clash.status.success() && stderr(&clash).contains("name different hosts"), "{}", stderr(&clash));
 }
