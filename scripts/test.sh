@@ -10,7 +10,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The SmolLM2 import test skips (with a message) when the model is absent; fetching it is best effort.
 if [ "${FOMAML_OFFLINE:-0}" = 1 ]; then
-  echo "== smollm2: FOMAML_OFFLINE=1, not downloading (tests/import_gguf.rs skips SmolLM2 if absent)"
+  echo "== smollm2: FOMAML_OFFLINE=1, not downloading (tests/integration/import_gguf.rs skips SmolLM2 if absent)"
 else
   echo "== smollm2"
   scripts/fetch-smollm2.sh || echo "warning: could not fetch SmolLM2; its import test will skip" >&2

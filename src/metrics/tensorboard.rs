@@ -42,7 +42,7 @@ impl TensorBoardSink {
 
     /// A new event file for a run resumed from the checkpoint of `last_step`. Event files are
     /// append-only, so instead of cutting the old ones this writes a `SessionLog START` at
-    /// `last_step + 1`: TensorBoard (its EventAccumulator, which tests/metrics.rs checks) then
+    /// `last_step + 1`: TensorBoard (its EventAccumulator, which tests/integration/metrics.rs checks) then
     /// discards the points of earlier files from that step on, the abandoned continuation, as it
     /// does for a restarted TensorFlow job. Files are read in name order, so by creation second.
     pub fn resume(log_dir: impl AsRef<Path>, last_step: u64) -> Result<Self> {

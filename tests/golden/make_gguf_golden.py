@@ -1,4 +1,4 @@
-"""Makes the GGUF fixtures that tests/import_gguf.rs checks `fomaml import-gguf` against.
+"""Makes the GGUF fixtures that tests/integration/import_gguf.rs checks `fomaml import-gguf` against.
 
 The reference is gguf-py (llama.cpp's own Python package, `pip install gguf`), independent of our
 reader: it writes the files, quantizes, and dequantizes the values we must reproduce.

@@ -1,4 +1,4 @@
-"""Makes the golden fixtures that tests/golden.rs checks our decoder against.
+"""Makes the golden fixtures that tests/integration/golden.rs checks our decoder against.
 
 For each architecture: a tiny random-init model written with `save_pretrained`, plus
 `expected.safetensors` holding transformers' own outputs on fixed inputs:

@@ -1,4 +1,4 @@
-"""Makes the tokenizer / chat-template / SFT-encoding fixtures that tests/encoding.rs checks.
+"""Makes the tokenizer / chat-template / SFT-encoding fixtures that tests/integration/encoding.rs checks.
 
 For each template family (the real chat templates in tests/fixtures/chat_templates/): a small
 byte-level BPE tokenizer trained here with the family's real pre-tokenizer regex and special tokens,

@@ -1,10 +1,9 @@
 //! Checkpoint loading: sharded indexes, dtype conversion, and errors that name what is wrong.
 
-mod common;
 
 use std::collections::BTreeMap;
 
-use common::{copy_fixture, fixture, max_abs_diff};
+use crate::common::{copy_fixture, fixture, max_abs_diff};
 use fomaml::model::{load_weights, ModelConfig, ModelError};
 use fomaml::tensor_io::{read_safetensors, write_safetensors};
 use tch::{Device, Kind, Tensor};

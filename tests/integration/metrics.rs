@@ -6,8 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::venv_python;
+use crate::common::venv_python;
 use fomaml::metrics::{read_jsonl, JsonlSink, MetricSink, MultiSink, Record, TensorBoardSink};
 
 fn record(step: u64, scalars: &[(&str, f64)]) -> Record {

@@ -1,12 +1,11 @@
 //! `fomaml export`: a trained checkpoint as a Hugging Face directory that transformers loads, with
 //! the logits our decoder computes from the same checkpoint.
 
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::train::synthetic_run;
+use crate::common::train::synthetic_run;
 use fomaml::data::synthetic::SyntheticSpec;
 use fomaml::model::{load_weights, ModelConfig};
 use fomaml::train::Trainer;
@@ -32,7 +31,7 @@ fn exported_checkpoint_loads_in_transformers_with_matching_logits() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 
-    let weights = common::assert_transformers_logits_match(&out, run.path());
+    let weights = crate::common::assert_transformers_logits_match(&out, run.path());
 
     // The export holds the trained θ, not the initial weights.
     let cfg = ModelConfig::from_dir(&out).unwrap();

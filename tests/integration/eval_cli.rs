@@ -1,11 +1,10 @@
 //! `fomaml eval` and `fomaml compare` end to end on a briefly trained synthetic run.
 
-mod common;
 
 use std::process::Command;
 
-use common::assert_one_line_error;
-use common::train::synthetic_run;
+use crate::common::assert_one_line_error;
+use crate::common::train::synthetic_run;
 use fomaml::data::synthetic::SyntheticSpec;
 use fomaml::train::Trainer;
 use serde_json::Value;

@@ -1,9 +1,8 @@
 //! The FOMAML step against an independent computation, θ restored, order independence, the
 //! NaN policy, bit-exact resume, and that meta-training lowers the loss.
 
-mod common;
 
-use common::train::{synthetic_run, SyntheticRun};
+use crate::common::train::{synthetic_run, SyntheticRun};
 use fomaml::config::Config;
 use fomaml::data::sft::{EncodedExample, SftBatch};
 use fomaml::data::synthetic::SyntheticSpec;

@@ -1,9 +1,8 @@
 //! Our decoder against transformers itself (fixtures from tests/golden/make_golden.py): logits of a
 //! padded batch with explicit position ids, the masked SFT loss, and the gradient of every parameter.
 
-mod common;
 
-use common::{expected, fixture, max_abs_diff, relative_error, valid_positions, ARCHS};
+use crate::common::{expected, fixture, max_abs_diff, relative_error, valid_positions, ARCHS};
 use fomaml::meta::loss::sft_loss;
 use fomaml::model::{load_weights, CausalLm, ModelConfig};
 use tch::{Device, Kind};
@@ -87,7 +86,7 @@ fn bf16_logits_stay_close_to_the_fp32_reference_on_cpu() {
 #[test]
 fn cuda_logits_match_transformers() {
     if !tch::Cuda::is_available() {
-        common::skip("cuda_logits_match_transformers", "no CUDA device (run on a GPU machine)");
+        crate::common::skip("cuda_logits_match_transformers", "no CUDA device (run on a GPU machine)");
         return;
     }
     for arch in ARCHS {

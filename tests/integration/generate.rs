@@ -2,9 +2,8 @@
 //! golden tiny Llama / Qwen2 / Qwen3 models, token for token (fp64 on both sides, so no argmax is
 //! decided by rounding). Plus eos, stop strings and sampling behaviour.
 
-mod common;
 
-use common::{fixture, venv_python, ARCHS};
+use crate::common::{fixture, venv_python, ARCHS};
 use fomaml::eval::generate::{cut_at_stop, generate, GenerationConfig, StopReason};
 use fomaml::model::{load_weights, CausalLm, ModelConfig};
 use tch::{Device, Kind};

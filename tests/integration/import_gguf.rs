@@ -3,13 +3,12 @@
 //! the imported tiny Llama / Qwen2 / Qwen3, the rebuilt tokenizers; errors on bad files; and, when
 //! it has been fetched (`make smollm2`), SmolLM2-135M-Instruct as a real model.
 
-mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_one_line_error, max_abs_diff};
+use crate::common::{assert_one_line_error, max_abs_diff};
 use fomaml::data::tokenizer::ChatTokenizer;
 use fomaml::meta::loss::sft_loss;
 use fomaml::model::gguf::GgufFile;
@@ -269,7 +268,7 @@ fn mean_loss(model: &CausalLm, ids: &[i64]) -> f64 {
 fn smollm2_imports_as_a_working_model() {
     let Some(gguf) = smollm2_gguf() else {
         let why = "the SmolLM2 GGUF is not here (run `make smollm2`, or set FOMAML_SMOLLM2_GGUF / FOMAML_ASSETS)";
-        common::skip("smollm2_imports_as_a_working_model", why);
+        crate::common::skip("smollm2_imports_as_a_working_model", why);
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

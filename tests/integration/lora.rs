@@ -2,12 +2,11 @@
 //! trains, the adapter exports in PEFT's format and the Python `peft` package loads it onto the
 //! transformers model with our logits; `--merge` gives a plain HF model with the same logits.
 
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::train::synthetic_run;
+use crate::common::train::synthetic_run;
 use fomaml::data::synthetic::SyntheticSpec;
 use fomaml::model::{load_weights, CausalLm, ModelConfig};
 use fomaml::train::Trainer;
@@ -66,7 +65,7 @@ fn fomaml_lora_trains_the_adapter_only_and_round_trips_through_peft() {
 
     let reference = run.path().join("peft.safetensors");
     let args = [base_dir, adapter_dir.as_path(), merged_dir.as_path(), reference.as_path()];
-    let expected = common::python_reference(PEFT_LOGITS, &args, &reference, "peft could not load the adapter");
+    let expected = crate::common::python_reference(PEFT_LOGITS, &args, &reference, "peft could not load the adapter");
 
     // Our logits: the merged export through our decoder, and base + adapter unmerged.
     let cfg = ModelConfig::from_dir(&merged_dir).unwrap();

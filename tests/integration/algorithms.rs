@@ -1,11 +1,10 @@
 //! The algorithms beyond FOMAML against independent computations: Reptile's update direction,
 //! and each algorithm lowering the loss on the synthetic family through the trainer.
 
-mod common;
 
 use std::path::Path;
 
-use common::train::synthetic_run;
+use crate::common::train::synthetic_run;
 use fomaml::config::schema::{Algorithm, InnerOptimizerType};
 use fomaml::data::sft::SftBatch;
 use fomaml::data::synthetic::SyntheticSpec;

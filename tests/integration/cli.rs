@@ -1,12 +1,11 @@
 //! The `fomaml` binary as a user meets it: golden output of `logits`, and one-line errors with a
 //! non-zero exit on bad input.
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_one_line_error, copy_fixture, expected, fixture, relative_error};
+use crate::common::{assert_one_line_error, copy_fixture, expected, fixture, relative_error};
 use fomaml::tensor_io::read_safetensors;
 
 fn fomaml(args: &[&str]) -> Output {
@@ -22,7 +21,7 @@ fn ids_arg(arch: &str) -> String {
 #[test]
 fn logits_writes_what_transformers_computes() {
     let tmp = tempfile::tempdir().unwrap();
-    for arch in common::ARCHS {
+    for arch in crate::common::ARCHS {
         let out_path = tmp.path().join(format!("{arch}.safetensors"));
         let model = fixture(arch);
         let out = fomaml(&[
