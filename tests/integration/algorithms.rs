@@ -1,7 +1,6 @@
 //! The algorithms beyond FOMAML against independent computations: Reptile's update direction,
 //! and each algorithm lowering the loss on the synthetic family through the trainer.
 
-
 use std::path::Path;
 
 use crate::common::train::synthetic_run;

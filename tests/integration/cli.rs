@@ -1,7 +1,6 @@
 //! The `fomaml` binary as a user meets it: golden output of `logits`, and one-line errors with a
 //! non-zero exit on bad input.
 
-
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,6 +1,5 @@
 //! `fomaml eval` and `fomaml compare` end to end on a briefly trained synthetic run.
 
-
 use std::process::Command;
 
 use crate::common::assert_one_line_error;

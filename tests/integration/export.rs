@@ -1,7 +1,6 @@
 //! `fomaml export`: a trained checkpoint as a Hugging Face directory that transformers loads, with
 //! the logits our decoder computes from the same checkpoint.
 
-
 use std::path::Path;
 use std::process::Command;
 

@@ -2,7 +2,6 @@
 //! golden tiny Llama / Qwen2 / Qwen3 models, token for token (fp64 on both sides, so no argmax is
 //! decided by rounding). Plus eos, stop strings and sampling behaviour.
 
-
 use crate::common::{fixture, venv_python, ARCHS};
 use fomaml::eval::generate::{cut_at_stop, generate, GenerationConfig, StopReason};
 use fomaml::model::{load_weights, CausalLm, ModelConfig};

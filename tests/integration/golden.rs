@@ -1,7 +1,6 @@
 //! Our decoder against transformers itself (fixtures from tests/golden/make_golden.py): logits of a
 //! padded batch with explicit position ids, the masked SFT loss, and the gradient of every parameter.
 
-
 use crate::common::{expected, fixture, max_abs_diff, relative_error, valid_positions, ARCHS};
 use fomaml::meta::loss::sft_loss;
 use fomaml::model::{load_weights, CausalLm, ModelConfig};

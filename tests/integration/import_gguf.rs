@@ -3,7 +3,6 @@
 //! the imported tiny Llama / Qwen2 / Qwen3, the rebuilt tokenizers; errors on bad files; and, when
 //! it has been fetched (`make smollm2`), SmolLM2-135M-Instruct as a real model.
 
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,6 +1,5 @@
 //! Checkpoint loading: sharded indexes, dtype conversion, and errors that name what is wrong.
 
-
 use std::collections::BTreeMap;
 
 use crate::common::{copy_fixture, fixture, max_abs_diff};

@@ -2,7 +2,6 @@
 //! trains, the adapter exports in PEFT's format and the Python `peft` package loads it onto the
 //! transformers model with our logits; `--merge` gives a plain HF model with the same logits.
 
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,7 +1,6 @@
 //! The FOMAML step against an independent computation, θ restored, order independence, the
 //! NaN policy, bit-exact resume, and that meta-training lowers the loss.
 
-
 use crate::common::train::{synthetic_run, SyntheticRun};
 use fomaml::config::Config;
 use fomaml::data::sft::{EncodedExample, SftBatch};
