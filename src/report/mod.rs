@@ -249,41 +249,63 @@ fn file_stem(task: &str, taken: &[String]) -> String {
 
 /// Writes every output into `dir` and returns the file names written.
 fn render(methods: &[Method], dir: &Path, summary_shots: usize) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
+    // 1. What the report is made of.
     let mut out = String::from("# Few-shot evaluation report\n\n");
     for m in methods {
         let log = m.input.metrics.as_ref().map_or("none".into(), |p| format!("`{}`", p.display()));
         writeln!(out, "- **{}**: results `{}`, training log {log}", md(&m.input.label), m.input.results.display())?;
     }
 
+    // 2. The summary table, and the cost points of the comparison figure.
+    let mut notes = Vec::new();
     let max_seconds = methods.iter().filter_map(|m| m.train.as_ref()?.seconds).fold(0.0, f64::max);
     let (unit, unit_s) = if max_seconds < 3600.0 { ("min", 60.0) } else { ("h", 3600.0) };
+    let costs = summary_section(methods, summary_shots, unit_s, &mut out, &mut notes)?;
+
+    // 3. Notes, then accuracy over all tasks with intervals.
+    notes.extend(comparability_notes(methods));
+    let detailed: Vec<intervals::Detailed> =
+        methods.iter().map(|m| intervals::Detailed { label: &m.input.label, results: m.detailed.as_deref() }).collect();
+    if !notes.is_empty() {
+        out.push_str("\nNotes:\n\n");
+        for n in &notes {
+            writeln!(out, "- {n}")?;
+        }
+    }
+    out.push_str(&intervals::section(&detailed).unwrap_or_default());
+
+    // 4. The comparison figure.
+    let curves: Vec<plot::Curve> = methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| plot::Curve { label: m.input.label.clone(), color: i, points: mean_curve(&m.tasks) })
+        .collect();
+    plot::comparison_png(&dir.join("comparison.png"), &curves, &costs, unit, summary_shots)?;
+    out.push_str("\n![Comparison: few-shot curve, computational cost, accuracy vs training time](comparison.png)\n");
+    let mut files = vec!["comparison.png".to_string()];
+
+    // 5. A section and a figure per task; report.md last, once every image it links exists.
+    files.extend(task_sections(methods, dir, &mut out)?);
+    fs::write(dir.join("report.md"), out).with_context(|| format!("writing {}", dir.join("report.md").display()))?;
+    files.push("report.md".into());
+    Ok(files)
+}
+
+/// The summary table at `summary_shots` (appended to `out`); returns the methods' cost points.
+fn summary_section(
+    methods: &[Method],
+    summary_shots: usize,
+    unit_s: f64,
+    out: &mut String,
+    notes: &mut Vec<String>,
+) -> Result<Vec<plot::Cost>> {
     let mut costs = Vec::new();
     writeln!(out, "\n## Summary ({summary_shots}-shot)\n")?;
     out.push_str("| Method | Mean accuracy over tasks | Shots used | Training time | Peak memory | Memory source |\n");
     out.push_str("|---|---:|---|---:|---:|---|\n");
     for (i, m) in methods.iter().enumerate() {
         let label = md(&m.input.label);
-        let (acc, shots_used) = match summary_points(&m.tasks, summary_shots) {
-            Ok(pts) => {
-                let acc = pts.iter().map(|p| p.1.acc_mean).sum::<f64>() / pts.len() as f64 * 100.0;
-                let fallback: Vec<String> = pts
-                    .iter()
-                    .filter(|p| p.1.shots != summary_shots)
-                    .map(|(t, s)| format!("{} for `{}`", s.shots, md(t)))
-                    .collect();
-                let used = if fallback.is_empty() {
-                    summary_shots.to_string()
-                } else {
-                    format!("{} (no {summary_shots}-shot result)", fallback.join(", "))
-                };
-                (Some(acc), used)
-            }
-            Err(task) => {
-                notes.push(format!("{label}: task `{}` has no result with ≤ {summary_shots} shots.", md(task)));
-                (None, "none".into())
-            }
-        };
+        let (acc, shots_used) = summary_accuracy(m, summary_shots, notes);
         let train = m.train.as_ref();
         let time = train.and_then(|t| t.seconds);
         let peak = train.and_then(|t| t.peak_mib);
@@ -313,6 +335,43 @@ fn render(methods: &[Method], dir: &Path, summary_shots: usize) -> Result<Vec<St
             peak.map_or(if train.is_some() { "not logged" } else { "no training log" }, |p| p.1),
         )?;
     }
+    out.push_str(
+        "\nAccuracy cells are mean ± std as given in the results files, in percent (std in percentage points); \
+         training time is the sum of `perf/step_time_s`; peak memory is the max of `perf/peak_gpu_mib`, else of \
+         `perf/peak_rss_mib`.\n",
+    );
+    Ok(costs)
+}
+
+/// A method's mean accuracy over tasks at `summary_shots` (or the largest fewer a task has), and
+/// the shots it used, as the summary shows them.
+fn summary_accuracy(m: &Method, summary_shots: usize, notes: &mut Vec<String>) -> (Option<f64>, String) {
+    match summary_points(&m.tasks, summary_shots) {
+        Ok(pts) => {
+            let acc = pts.iter().map(|p| p.1.acc_mean).sum::<f64>() / pts.len() as f64 * 100.0;
+            let fallback: Vec<String> = pts
+                .iter()
+                .filter(|p| p.1.shots != summary_shots)
+                .map(|(t, s)| format!("{} for `{}`", s.shots, md(t)))
+                .collect();
+            let used = if fallback.is_empty() {
+                summary_shots.to_string()
+            } else {
+                format!("{} (no {summary_shots}-shot result)", fallback.join(", "))
+            };
+            (Some(acc), used)
+        }
+        Err(task) => {
+            let label = md(&m.input.label);
+            notes.push(format!("{label}: task `{}` has no result with ≤ {summary_shots} shots.", md(task)));
+            (None, "none".into())
+        }
+    }
+}
+
+/// Why the methods' numbers may not compare: different task sets, files without per-item verdicts.
+fn comparability_notes(methods: &[Method]) -> Vec<String> {
+    let mut notes = Vec::new();
     let task_sets: Vec<Vec<&str>> =
         methods.iter().map(|m| m.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()).collect();
     if task_sets.iter().any(|s| s.len() != task_sets[0].len() || s.iter().any(|t| !task_sets[0].contains(t))) {
@@ -321,44 +380,20 @@ fn render(methods: &[Method], dir: &Path, summary_shots: usize) -> Result<Vec<St
                 .into(),
         );
     }
-    out.push_str(
-        "\nAccuracy cells are mean ± std as given in the results files, in percent (std in percentage points); \
-         training time is the sum of `perf/step_time_s`; peak memory is the max of `perf/peak_gpu_mib`, else of \
-         `perf/peak_rss_mib`.\n",
-    );
-    let detailed: Vec<intervals::Detailed> =
-        methods.iter().map(|m| intervals::Detailed { label: &m.input.label, results: m.detailed.as_deref() }).collect();
     for m in methods.iter().filter(|m| m.detailed.is_none()) {
-        notes.push(format!(
-            "{}: the results file has no per-item verdicts, so it has no intervals.",
-            md(&m.input.label)
-        ));
+        let label = md(&m.input.label);
+        notes.push(format!("{label}: the results file has no per-item verdicts, so it has no intervals."));
     }
-    let interval_section = intervals::section(&detailed);
-    if !notes.is_empty() {
-        out.push_str("\nNotes:\n\n");
-        for n in &notes {
-            writeln!(out, "- {n}")?;
-        }
-    }
+    notes
+}
 
-    out.push_str(&interval_section.unwrap_or_default());
-
-    let curves: Vec<plot::Curve> = methods
-        .iter()
-        .enumerate()
-        .map(|(i, m)| plot::Curve { label: m.input.label.clone(), color: i, points: mean_curve(&m.tasks) })
-        .collect();
-    plot::comparison_png(&dir.join("comparison.png"), &curves, &costs, unit, summary_shots)?;
-    out.push_str("\n![Comparison: few-shot curve, computational cost, accuracy vs training time](comparison.png)\n");
-    let mut files = vec!["comparison.png".to_string()];
-
+/// Per task: its figure (written into `dir`) and its table of every method at every shot count,
+/// appended to `out`; returns the figures' file names.
+fn task_sections(methods: &[Method], dir: &Path, out: &mut String) -> Result<Vec<String>> {
     let mut task_names: Vec<&str> = Vec::new();
-    for m in methods {
-        for t in &m.tasks {
-            if !task_names.contains(&t.name.as_str()) {
-                task_names.push(&t.name);
-            }
+    for t in methods.iter().flat_map(|m| &m.tasks) {
+        if !task_names.contains(&t.name.as_str()) {
+            task_names.push(&t.name);
         }
     }
     let mut stems = Vec::new();
@@ -378,36 +413,39 @@ fn render(methods: &[Method], dir: &Path, summary_shots: usize) -> Result<Vec<St
             .collect();
         plot::fewshot_png(&dir.join(format!("{stem}.png")), task, &curves)?;
         writeln!(out, "\n## Task `{}`\n\n![{}]({stem}.png)\n", md(task), md(task))?;
-        out.push_str("| Shots |");
-        for m in methods {
-            let l = md(&m.input.label);
-            write!(out, " {l} accuracy | {l} loss |")?;
-        }
-        writeln!(out, "\n|---:|{}", "---:|---:|".repeat(methods.len()))?;
-        let mut shots: Vec<usize> = per_method.iter().flatten().flat_map(|t| t.shots.iter().map(|s| s.shots)).collect();
-        shots.sort_unstable();
-        shots.dedup();
-        for n in shots {
-            write!(out, "| {n} |")?;
-            for t in &per_method {
-                match t.and_then(|t| t.shots.iter().find(|s| s.shots == n)) {
-                    Some(s) => write!(
-                        out,
-                        " {} | {} |",
-                        fmt_pm(Some(s.acc_mean), s.acc_std, 100.0, 1, "%"),
-                        fmt_pm(s.loss_mean, s.loss_std, 1.0, 3, "")
-                    )?,
-                    None => out.push_str(" – | – |"),
-                }
-            }
-            out.push('\n');
-        }
-        files.push(format!("{stem}.png"));
+        task_table(methods, &per_method, out)?;
         stems.push(stem);
     }
-    fs::write(dir.join("report.md"), out).with_context(|| format!("writing {}", dir.join("report.md").display()))?;
-    files.push("report.md".into());
-    Ok(files)
+    Ok(stems.iter().map(|s| format!("{s}.png")).collect())
+}
+
+/// One task's table: accuracy and loss of every method at every shot count any method has.
+fn task_table(methods: &[Method], per_method: &[Option<&TaskResults>], out: &mut String) -> Result<()> {
+    out.push_str("| Shots |");
+    for m in methods {
+        let l = md(&m.input.label);
+        write!(out, " {l} accuracy | {l} loss |")?;
+    }
+    writeln!(out, "\n|---:|{}", "---:|---:|".repeat(methods.len()))?;
+    let mut shots: Vec<usize> = per_method.iter().flatten().flat_map(|t| t.shots.iter().map(|s| s.shots)).collect();
+    shots.sort_unstable();
+    shots.dedup();
+    for n in shots {
+        write!(out, "| {n} |")?;
+        for t in per_method {
+            match t.and_then(|t| t.shots.iter().find(|s| s.shots == n)) {
+                Some(s) => write!(
+                    out,
+                    " {} | {} |",
+                    fmt_pm(Some(s.acc_mean), s.acc_std, 100.0, 1, "%"),
+                    fmt_pm(s.loss_mean, s.loss_std, 1.0, 3, "")
+                )?,
+                None => out.push_str(" – | – |"),
+            }
+        }
+        out.push('\n');
+    }
+    Ok(())
 }
 
 #[cfg(test)]

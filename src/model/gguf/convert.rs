@@ -115,147 +115,16 @@ impl<'a> Conversion<'a> {
     /// Reads the hyperparameters, builds config.json and maps every tensor, reporting all missing,
     /// unexpected and mis-shaped tensors at once.
     pub fn plan(file: &'a GgufFile, dtype: Kind) -> Result<Self, GgufError> {
-        let path = file.path().to_path_buf();
-        let arch_name = file.str("general.architecture")?;
-        let architecture = match arch_name {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            other => return Err(GgufError::UnsupportedArchitecture { path, arch: other.into() }),
-        };
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let invalid = |k: &str, reason: String| GgufError::Invalid { path: path.clone(), key: key(k), reason };
-
-        let embed = file
-            .tensor("token_embd.weight")
-            .ok_or_else(|| GgufError::Tensors { path: path.clone(), reason: " token_embd.weight is missing".into() })?;
-        let vocab_size = embed.shape()[0];
-        let hidden = file.usize(&key("embedding_length"))? as i64;
-        let heads = file.usize(&key("attention.head_count"))? as i64;
-        let kv_heads = file.opt_usize(&key("attention.head_count_kv"))?.map_or(heads, |n| n as i64);
-        if heads == 0 || (hidden % heads != 0 && file.get(&key("attention.key_length")).is_none()) {
-            return Err(invalid(
-                "attention.head_count",
-                format!("{heads} heads do not divide the hidden size {hidden}"),
-            ));
-        }
-        let head_dim = file.opt_usize(&key("attention.key_length"))?.map_or(hidden / heads, |n| n as i64);
-        if let Some(v) = file.opt_usize(&key("attention.value_length"))? {
-            if v as i64 != head_dim {
-                return Err(invalid("attention.value_length", format!("{v} differs from key_length {head_dim}")));
-            }
-        }
-        if let Some(rope_dim) = file.opt_usize(&key("rope.dimension_count"))? {
-            if rope_dim as i64 != head_dim {
-                let reason = format!("{rope_dim}: partial rotary (head_dim {head_dim}) is not supported");
-                return Err(invalid("rope.dimension_count", reason));
-            }
-        }
-        if let Some(kind) = file.opt_str(&key("rope.scaling.type"))? {
-            if kind != "none" {
-                return Err(invalid("rope.scaling.type", format!("`{kind}` rope scaling is not supported")));
-            }
-        }
-        let rope_theta = file.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0);
-        let rope_scaling = match file.tensor("rope_freqs.weight") {
-            Some(info) => {
-                let factors: Vec<f64> = file.dequantize(info).into_iter().map(f64::from).collect();
-                llama3_scaling(&factors, rope_theta, head_dim).map_err(|reason| GgufError::BadTensor {
-                    path: path.clone(),
-                    tensor: info.name.clone(),
-                    reason,
-                })?
-            }
-            None => Json::Null,
-        };
-        let eps_key = key("attention.layer_norm_rms_epsilon");
-        let rms_norm_eps =
-            file.opt_f64(&eps_key)?.ok_or_else(|| GgufError::MissingKey { path: path.clone(), key: eps_key })?;
-        let tied = file.tensor("output.weight").is_none();
-        let has_bias = file.tensor("blk.0.attn_q.bias").is_some();
-
-        let dtype_name = match dtype {
-            Kind::BFloat16 => "bfloat16",
-            Kind::Half => "float16",
-            _ => "float32",
-        };
-        let mut config = json!({
-            "architectures": [architecture.hf_name()],
-            "model_type": arch_name,
-            "vocab_size": vocab_size,
-            "hidden_size": hidden,
-            "intermediate_size": file.usize(&key("feed_forward_length"))?,
-            "num_hidden_layers": file.usize(&key("block_count"))?,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": file.usize(&key("context_length"))?,
-            "rms_norm_eps": rms_norm_eps,
-            "rope_theta": rope_theta,
-            "rope_scaling": rope_scaling,
-            "tie_word_embeddings": tied,
-            "attention_bias": has_bias && architecture != Architecture::Qwen2,
-            "attention_dropout": 0.0,
-            "mlp_bias": false,
-            "initializer_range": 0.02,
-            "use_cache": true,
-            "torch_dtype": dtype_name,
-        });
-        if architecture != Architecture::Llama {
-            config["use_sliding_window"] = json!(false);
-        }
-        let parsed = ModelConfig::from_json(&config.to_string()).map_err(|reason| GgufError::Invalid {
-            path: path.clone(),
-            key: format!("{arch_name}.*"),
+        // 1. config.json from the file's hyperparameters.
+        let (architecture, config_json) = hf_config(file, dtype)?;
+        let config = ModelConfig::from_json(&config_json.to_string()).map_err(|reason| GgufError::Invalid {
+            path: file.path().to_path_buf(),
+            key: format!("{}.*", config_json["model_type"].as_str().unwrap_or_default()),
             reason,
         })?;
-
-        let expected: std::collections::HashMap<String, Vec<i64>> = parsed.parameter_shapes().into_iter().collect();
-        let (mut planned, mut unexpected, mut misshaped) = (Vec::new(), Vec::new(), Vec::new());
-        for (index, info) in file.tensors().iter().enumerate() {
-            if info.name == "rope_freqs.weight" {
-                continue;
-            }
-            let Some(hf) = hf_name(&info.name).filter(|n| expected.contains_key(n)) else {
-                unexpected.push(info.name.clone());
-                continue;
-            };
-            if planned.iter().any(|p: &Planned| p.hf_name == hf) {
-                unexpected.push(format!("{} (a second time)", info.name));
-                continue;
-            }
-            if expected[&hf] != info.shape() {
-                misshaped.push(format!(
-                    "{} (as {hf}): expected {:?}, found {:?}",
-                    info.name,
-                    expected[&hf],
-                    info.shape()
-                ));
-                continue;
-            }
-            let unpermute = match (architecture, hf.rsplit('.').nth(1)) {
-                (Architecture::Llama, Some("q_proj")) => Some(heads),
-                (Architecture::Llama, Some("k_proj")) => Some(kv_heads),
-                _ => None,
-            };
-            planned.push(Planned { hf_name: hf, tensor: index, unpermute });
-        }
-        let found: std::collections::HashSet<&str> = planned.iter().map(|p| p.hf_name.as_str()).collect();
-        let missing: Vec<String> =
-            parsed.parameter_shapes().into_iter().map(|(n, _)| n).filter(|n| !found.contains(n.as_str())).collect();
-        let mut reason = String::new();
-        for (what, list) in [("missing (HF names)", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)] {
-            if !list.is_empty() {
-                let shown: Vec<&str> = list.iter().take(4).map(String::as_str).collect();
-                let more = if list.len() > 4 { format!(", … {} more", list.len() - 4) } else { String::new() };
-                reason.push_str(&format!(" {} {what} ({}{more});", list.len(), shown.join(", ")));
-            }
-        }
-        if !reason.is_empty() {
-            return Err(GgufError::Tensors { path, reason: reason.trim_end_matches(';').to_string() });
-        }
-        Ok(Self { file, config_json: config, config: parsed, planned })
+        // 2. Every tensor onto the HF parameter it becomes, all problems reported at once.
+        let planned = map_tensors(file, architecture, &config)?;
+        Ok(Self { file, config_json, config, planned })
     }
 
     /// Puts the tokenizer's special ids into config.json, as transformers' configs carry them.
@@ -292,6 +161,160 @@ impl<'a> Conversion<'a> {
         };
         Ok(t.f_to_kind(kind)?)
     }
+}
+
+/// The GGUF's architecture and the config.json its hyperparameters make.
+fn hf_config(file: &GgufFile, dtype: Kind) -> Result<(Architecture, Json), GgufError> {
+    let path = file.path().to_path_buf();
+    let arch_name = file.str("general.architecture")?;
+    let architecture = match arch_name {
+        "llama" => Architecture::Llama,
+        "qwen2" => Architecture::Qwen2,
+        "qwen3" => Architecture::Qwen3,
+        other => return Err(GgufError::UnsupportedArchitecture { path, arch: other.into() }),
+    };
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let embed = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| GgufError::Tensors { path: path.clone(), reason: " token_embd.weight is missing".into() })?;
+    let vocab_size = embed.shape()[0];
+    let hidden = file.usize(&key("embedding_length"))? as i64;
+    let (heads, kv_heads, head_dim) = attention_shape(file, arch_name, hidden)?;
+    let (rope_theta, rope_scaling) = rope(file, arch_name, head_dim)?;
+    let eps_key = key("attention.layer_norm_rms_epsilon");
+    let rms_norm_eps = file.opt_f64(&eps_key)?.ok_or(GgufError::MissingKey { path, key: eps_key })?;
+    let tied = file.tensor("output.weight").is_none();
+    let has_bias = file.tensor("blk.0.attn_q.bias").is_some();
+
+    let dtype_name = match dtype {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    };
+    let mut config = json!({
+        "architectures": [architecture.hf_name()],
+        "model_type": arch_name,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": file.usize(&key("feed_forward_length"))?,
+        "num_hidden_layers": file.usize(&key("block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": file.usize(&key("context_length"))?,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_theta": rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": tied,
+        "attention_bias": has_bias && architecture != Architecture::Qwen2,
+        "attention_dropout": 0.0,
+        "mlp_bias": false,
+        "initializer_range": 0.02,
+        "use_cache": true,
+        "torch_dtype": dtype_name,
+    });
+    if architecture != Architecture::Llama {
+        config["use_sliding_window"] = json!(false);
+    }
+    Ok((architecture, config))
+}
+
+/// Heads, key-value heads and the head dimension, checked against each other.
+fn attention_shape(file: &GgufFile, arch: &str, hidden: i64) -> Result<(i64, i64, i64), GgufError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let invalid = |k: &str, reason: String| GgufError::Invalid { path: file.path().to_path_buf(), key: key(k), reason };
+    let heads = file.usize(&key("attention.head_count"))? as i64;
+    let kv_heads = file.opt_usize(&key("attention.head_count_kv"))?.map_or(heads, |n| n as i64);
+    if heads == 0 || (hidden % heads != 0 && file.get(&key("attention.key_length")).is_none()) {
+        return Err(invalid("attention.head_count", format!("{heads} heads do not divide the hidden size {hidden}")));
+    }
+    let head_dim = file.opt_usize(&key("attention.key_length"))?.map_or(hidden / heads, |n| n as i64);
+    if let Some(v) = file.opt_usize(&key("attention.value_length"))? {
+        if v as i64 != head_dim {
+            return Err(invalid("attention.value_length", format!("{v} differs from key_length {head_dim}")));
+        }
+    }
+    if let Some(rope_dim) = file.opt_usize(&key("rope.dimension_count"))? {
+        if rope_dim as i64 != head_dim {
+            let reason = format!("{rope_dim}: partial rotary (head_dim {head_dim}) is not supported");
+            return Err(invalid("rope.dimension_count", reason));
+        }
+    }
+    Ok((heads, kv_heads, head_dim))
+}
+
+/// RoPE's base and its scaling (Llama 3's, recovered from `rope_freqs.weight`), as config.json has them.
+fn rope(file: &GgufFile, arch: &str, head_dim: i64) -> Result<(f64, Json), GgufError> {
+    let path = file.path().to_path_buf();
+    if let Some(kind) = file.opt_str(&format!("{arch}.rope.scaling.type"))? {
+        if kind != "none" {
+            let reason = format!("`{kind}` rope scaling is not supported");
+            return Err(GgufError::Invalid { path, key: format!("{arch}.rope.scaling.type"), reason });
+        }
+    }
+    let rope_theta = file.opt_f64(&format!("{arch}.rope.freq_base"))?.unwrap_or(10000.0);
+    let rope_scaling = match file.tensor("rope_freqs.weight") {
+        Some(info) => {
+            let factors: Vec<f64> = file.dequantize(info).into_iter().map(f64::from).collect();
+            llama3_scaling(&factors, rope_theta, head_dim).map_err(|reason| GgufError::BadTensor {
+                path,
+                tensor: info.name.clone(),
+                reason,
+            })?
+        }
+        None => Json::Null,
+    };
+    Ok((rope_theta, rope_scaling))
+}
+
+/// Every tensor of the file onto the HF parameter `config` expects, with the q/k un-permutation
+/// Llama needs; all missing, unexpected and mis-shaped tensors are reported at once.
+fn map_tensors(file: &GgufFile, architecture: Architecture, config: &ModelConfig) -> Result<Vec<Planned>, GgufError> {
+    let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
+    let expected: std::collections::HashMap<String, Vec<i64>> = config.parameter_shapes().into_iter().collect();
+    let (mut planned, mut unexpected, mut misshaped) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, info) in file.tensors().iter().enumerate() {
+        if info.name == "rope_freqs.weight" {
+            continue;
+        }
+        let Some(hf) = hf_name(&info.name).filter(|n| expected.contains_key(n)) else {
+            unexpected.push(info.name.clone());
+            continue;
+        };
+        if planned.iter().any(|p: &Planned| p.hf_name == hf) {
+            unexpected.push(format!("{} (a second time)", info.name));
+            continue;
+        }
+        if expected[&hf] != info.shape() {
+            misshaped.push(format!("{} (as {hf}): expected {:?}, found {:?}", info.name, expected[&hf], info.shape()));
+            continue;
+        }
+        let unpermute = match (architecture, hf.rsplit('.').nth(1)) {
+            (Architecture::Llama, Some("q_proj")) => Some(heads),
+            (Architecture::Llama, Some("k_proj")) => Some(kv_heads),
+            _ => None,
+        };
+        planned.push(Planned { hf_name: hf, tensor: index, unpermute });
+    }
+    let found: std::collections::HashSet<&str> = planned.iter().map(|p| p.hf_name.as_str()).collect();
+    let missing: Vec<String> =
+        config.parameter_shapes().into_iter().map(|(n, _)| n).filter(|n| !found.contains(n.as_str())).collect();
+    let mut reason = String::new();
+    for (what, list) in [("missing (HF names)", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)] {
+        if !list.is_empty() {
+            let shown: Vec<&str> = list.iter().take(4).map(String::as_str).collect();
+            let more = if list.len() > 4 { format!(", … {} more", list.len() - 4) } else { String::new() };
+            reason.push_str(&format!(" {} {what} ({}{more});", list.len(), shown.join(", ")));
+        }
+    }
+    if !reason.is_empty() {
+        return Err(GgufError::Tensors {
+            path: file.path().to_path_buf(),
+            reason: reason.trim_end_matches(';').to_string(),
+        });
+    }
+    Ok(planned)
 }
 
 #[cfg(test)]
