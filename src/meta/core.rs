@@ -28,12 +28,17 @@ pub struct Learner {
     pub pad_id: i64,
     /// Build the decoder with twice-differentiable attention (second-order MAML).
     pub second_order: bool,
-    /// With LoRA: the frozen base weights (no gradients, no optimizer state) and the adapter's
-    /// settings; θ is then the adapter alone.
-    frozen: Option<(Weights, LoraConfig)>,
-    /// When θ is sharded across ranks: `params` are then this rank's flat shards, one per unit of
-    /// the layout, and every loss and gradient goes through the sharded runner.
-    fsdp: Option<Fsdp>,
+    placement: Placement,
+}
+
+/// Where θ lives.
+enum Placement {
+    /// The whole model in this process. With LoRA, θ is the adapter alone and this holds the
+    /// frozen base weights (no gradients, no optimizer state) with the adapter's settings.
+    Whole { frozen: Option<(Weights, LoraConfig)> },
+    /// Sharded across ranks: `params` are this rank's flat shards, one per unit of the layout, and
+    /// every loss and gradient goes through the sharded runner.
+    Sharded(Fsdp),
 }
 
 impl Learner {
@@ -43,7 +48,8 @@ impl Learner {
         let weights = weights.to(device, master_kind(compute_kind)).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
-        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, frozen: None, fsdp: None }
+        let placement = Placement::Whole { frozen: None };
+        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, placement }
     }
 
     /// A learner whose θ is a LoRA `adapter` over the frozen `base` (kept in the compute dtype).
@@ -58,7 +64,7 @@ impl Learner {
     ) -> Self {
         let frozen = base.to(device, compute_kind);
         let mut learner = Self::new(cfg, adapter, device, compute_kind, pad_id);
-        learner.frozen = Some((frozen, lora));
+        learner.placement = Placement::Whole { frozen: Some((frozen, lora)) };
         learner
     }
 
@@ -106,21 +112,23 @@ impl Learner {
             device,
             pad_id,
             second_order: false,
-            frozen: None,
-            fsdp: Some(fsdp),
+            placement: Placement::Sharded(fsdp),
         })
     }
 
     /// The sharded runner, when θ is sharded.
     pub fn fsdp(&self) -> Option<&Fsdp> {
-        self.fsdp.as_ref()
+        match &self.placement {
+            Placement::Sharded(fsdp) => Some(fsdp),
+            Placement::Whole { .. } => None,
+        }
     }
 
     /// Which unit holds each parameter of θ (the sharded layout, or the one it would have).
     pub fn layout(&self) -> Layout {
-        match &self.fsdp {
-            Some(fsdp) => fsdp.layout.clone(),
-            None => {
+        match &self.placement {
+            Placement::Sharded(fsdp) => fsdp.layout.clone(),
+            Placement::Whole { .. } => {
                 let shapes: Vec<(String, Vec<i64>)> =
                     self.names.iter().cloned().zip(self.params.iter().map(Tensor::size)).collect();
                 Layout::new(self.cfg.num_hidden_layers, &shapes).expect("every parameter belongs to a unit")
@@ -128,8 +136,12 @@ impl Learner {
         }
     }
 
+    /// The adapter's settings of a whole-model LoRA learner (a sharded runner carries its own).
     pub fn lora(&self) -> Option<&LoraConfig> {
-        self.frozen.as_ref().map(|(_, lora)| lora)
+        match &self.placement {
+            Placement::Whole { frozen } => frozen.as_ref().map(|(_, lora)| lora),
+            Placement::Sharded(_) => None,
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -152,9 +164,9 @@ impl Learner {
     /// cast is differentiable, so gradients arrive in the master dtype.
     /// `train` turns LoRA dropout on.
     fn model(&self, params: &[Tensor], train: bool) -> Result<CausalLm, ModelError> {
-        assert!(self.fsdp.is_none(), "the whole model is not built from shards");
+        let Placement::Whole { frozen } = &self.placement else { panic!("the whole model is not built from shards") };
         let mut weights = Weights::new();
-        if let Some((base, _)) = &self.frozen {
+        if let Some((base, _)) = frozen {
             for (name, w) in base.iter() {
                 weights.insert(name, w.shallow_clone());
             }
@@ -164,7 +176,7 @@ impl Learner {
             weights.insert(name.clone(), w);
         }
         let mut model = CausalLm::new(&self.cfg, &weights)?;
-        if let Some((_, lora)) = &self.frozen {
+        if let Some((_, lora)) = frozen {
             model = model.with_lora(lora.scale(), lora.dropout, train);
         }
         Ok(if self.second_order { model.twice_differentiable() } else { model })
@@ -198,7 +210,7 @@ impl Learner {
     /// a real token attends only to earlier positions, which are all real, so every scored logit is
     /// the one the padding mask gives; padded positions differ but are never scored.
     pub fn loss_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
-        assert!(self.fsdp.is_none(), "a loss with a graph needs the whole model; use loss_and_grads");
+        assert!(self.fsdp().is_none(), "a loss with a graph needs the whole model; use loss_and_grads");
         let model = self.model(params, true).expect("θ holds every weight the config names");
         let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
         let hidden = model.hidden_states(&batch.input_ids, mask, Some(&batch.position_ids));
@@ -214,7 +226,7 @@ impl Learner {
     /// ∂loss/∂θ, one tensor per parameter; create_graph off, graph freed. Whole model only
     /// (second-order MAML); everything else goes through [`Learner::loss_and_grads`].
     pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
-        assert!(self.fsdp.is_none(), "gradients of a graph need the whole model; use loss_and_grads");
+        assert!(self.fsdp().is_none(), "gradients of a graph need the whole model; use loss_and_grads");
         Tensor::run_backward(&[loss], &self.params, false, false)
     }
 
@@ -222,7 +234,7 @@ impl Learner {
     /// of `params()`. Sharded, each rank computes its rows' share of the loss normalised by the
     /// batch's total scored tokens, so the summed gradient is that of the global mean.
     pub fn loss_and_grads(&self, batch: &SftBatch) -> Result<(Tensor, Vec<Tensor>), CommError> {
-        let Some(fsdp) = &self.fsdp else {
+        let Placement::Sharded(fsdp) = &self.placement else {
             let loss = self.loss(batch);
             let grads = self.gradients(&loss);
             return Ok((loss.detach(), grads));
@@ -232,18 +244,18 @@ impl Learner {
         let (part, grads) = fsdp.forward_backward(&self.params, rows.as_ref(), |rows, hidden, lm_head| {
             masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.scored_positions) / count
         })?;
-        Ok((self.summed_scalar(part)?, grads))
+        Ok((self.summed_scalar(fsdp, part)?, grads))
     }
 
     /// The loss of a (global) batch at θ, without gradients (LoRA dropout on, as in training).
     pub fn loss_value(&self, batch: &SftBatch) -> Result<Tensor, CommError> {
-        let Some(fsdp) = &self.fsdp else { return Ok(tch::no_grad(|| self.loss(batch))) };
+        let Placement::Sharded(fsdp) = &self.placement else { return Ok(tch::no_grad(|| self.loss(batch))) };
         let count = batch.scored_tokens().max(1) as f64;
         let rows = fsdp.local_rows(batch);
         let part = fsdp.forward(&self.params, rows.as_ref(), true, |rows, hidden, lm_head| {
             masked_nll_sum_at_scored(hidden, lm_head, &rows.input_ids, &rows.scored_positions) / count
         })?;
-        self.summed_scalar(part)
+        self.summed_scalar(fsdp, part)
     }
 
     /// `score(rows, logits)` over a (global) batch's rows at θ for evaluation (no dropout),
@@ -254,7 +266,7 @@ impl Learner {
         score: impl FnOnce(&SftBatch, &Tensor) -> [f64; N],
     ) -> Result<[f64; N], CommError> {
         let _guard = tch::no_grad_guard();
-        let Some(fsdp) = &self.fsdp else { return Ok(score(batch, &self.scoring_logits(batch))) };
+        let Placement::Sharded(fsdp) = &self.placement else { return Ok(score(batch, &self.scoring_logits(batch))) };
         let rows = fsdp.local_rows(batch);
         let part = fsdp.forward(&self.params, rows.as_ref(), false, |rows, hidden, lm_head| {
             score(rows, &hidden.linear::<Tensor>(lm_head, None))
@@ -265,8 +277,7 @@ impl Learner {
         Ok(out)
     }
 
-    fn summed_scalar(&self, part: Option<Tensor>) -> Result<Tensor, CommError> {
-        let fsdp = self.fsdp.as_ref().expect("sharded");
+    fn summed_scalar(&self, fsdp: &Fsdp, part: Option<Tensor>) -> Result<Tensor, CommError> {
         let kind = if self.compute_kind == Kind::Double { Kind::Double } else { Kind::Float };
         let part = part.map_or_else(|| Tensor::zeros([], (kind, self.device)), |p| p.to_kind(kind));
         fsdp.all_reduce(part)
@@ -276,9 +287,9 @@ impl Learner {
     /// (`<= 0`: only measures) and returns the norm before clipping.
     pub fn clip_grad_norm(&self, grads: &[Tensor], max_norm: f64) -> Result<f64, CommError> {
         let squared = squared_norm(grads);
-        let squared = match &self.fsdp {
-            Some(fsdp) => fsdp.all_reduce(squared)?,
-            None => squared,
+        let squared = match &self.placement {
+            Placement::Sharded(fsdp) => fsdp.all_reduce(squared)?,
+            Placement::Whole { .. } => squared,
         };
         let norm = squared.sqrt().double_value(&[]);
         clip_to(grads, norm, max_norm);
