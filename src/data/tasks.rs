@@ -156,7 +156,7 @@ impl TaskData {
     }
 
     /// A task over already-encoded examples (benchmarks, synthetic data built in memory), one rank,
-    /// samplers seeded as [`TaskData::load`] seeds them.
+    /// samplers seeded the way [`TaskData::load`] does.
     pub fn from_examples(
         name: &str,
         support: Vec<EncodedExample>,

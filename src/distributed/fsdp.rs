@@ -265,7 +265,7 @@ impl Fsdp {
     }
 
     /// LoRA dropout must draw the same masks in the forward pass and in the backward pass's
-    /// recomputation: each layer reseeds libtorch's generator from one draw per pass.
+    /// recomputation: each layer sets libtorch's generator from one draw per pass.
     fn dropout_seed(&self, train: bool) -> Option<i64> {
         let dropout = self.lora.map_or(0.0, |(_, p)| p);
         (train && dropout > 0.0).then(|| Tensor::randint(1 << 40, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]))
