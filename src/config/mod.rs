@@ -195,18 +195,24 @@ fn leaves(tree: &Json, prefix: &str, out: &mut Vec<String>) {
 /// Records `source` for every leaf of `tree` under `prefix`, replacing what was recorded under
 /// the lists it sets (a list is replaced whole, not merged).
 fn record(sources: &mut BTreeMap<String, Source>, tree: &Json, prefix: &str, source: &dyn Fn(&str) -> Source) {
-    let mut lists = Vec::new();
-    list_paths(tree, prefix, &mut lists);
-    lists.extend((!prefix.is_empty()).then(|| prefix.to_string()));
-    for list in lists {
-        let under = format!("{list}.");
-        sources.retain(|k, _| !k.starts_with(&under) && *k != list);
-    }
+    forget_replaced(sources, tree, prefix);
     let mut keys = Vec::new();
     leaves(tree, prefix, &mut keys);
     for key in keys {
         let s = source(&key);
         sources.insert(key, s);
+    }
+}
+
+/// Drops the sources of what `tree`, laid at `prefix`, replaces whole: the value at `prefix`
+/// itself (unless it is the root) and every list it sets.
+fn forget_replaced(sources: &mut BTreeMap<String, Source>, tree: &Json, prefix: &str) {
+    let mut replaced = Vec::new();
+    list_paths(tree, prefix, &mut replaced);
+    replaced.extend((!prefix.is_empty()).then(|| prefix.to_string()));
+    for path in replaced {
+        let under = format!("{path}.");
+        sources.retain(|k, _| !k.starts_with(&under) && *k != path);
     }
 }
 
@@ -382,14 +388,9 @@ fn read_tree(path: &Path, chain: &mut Vec<PathBuf>) -> Result<FileTree, ConfigEr
         },
         other => other,
     })?;
-    merge(&mut merged.tree, file.tree.clone());
     // The file's own values win over the base's, lists replaced whole.
-    let mut lists = Vec::new();
-    list_paths(&file.tree, "", &mut lists);
-    for list in lists {
-        let under = format!("{list}.");
-        merged.sources.retain(|k, _| !k.starts_with(&under) && *k != list);
-    }
+    forget_replaced(&mut merged.sources, &file.tree, "");
+    merge(&mut merged.tree, file.tree);
     merged.sources.extend(file.sources);
     merged.notices.extend(file.notices);
     Ok(merged)

@@ -68,13 +68,9 @@ pub struct Plan {
     pub seconds_per_step: Option<f64>,
 }
 
-/// Bytes per element of `model.dtype`.
+/// Bytes per element of `model.dtype` (the trainer's parse of it; 2 for a name it refuses).
 fn compute_bytes(dtype: &str) -> f64 {
-    match dtype.to_ascii_lowercase().as_str() {
-        "f64" | "fp64" | "float64" => 8.0,
-        "f32" | "fp32" | "float32" => 4.0,
-        _ => 2.0,
-    }
+    crate::train::setup::compute_kind(dtype).map_or(2.0, |kind| kind.elt_size_in_bytes() as f64)
 }
 
 /// Bytes per element of the master copy and optimizer state: fp32, fp64 under `model.dtype: f64`.
