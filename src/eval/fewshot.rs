@@ -236,17 +236,27 @@ fn stop_name(stop: StopReason) -> &'static str {
     }
 }
 
-/// Adapts θ on the shots of one run as `settings` say; returns the distinct shots used and the
-/// steps made.
+/// Adapts θ on the shots of one run as `settings` say; returns how it ran.
 fn adapt_on_shots(
     learner: &Learner,
     pool: &[EncodedExample],
     shots: &[usize],
     settings: &FewShotSettings,
     key: u64,
-) -> Result<(usize, usize)> {
-    let passes = settings.passes.count(shots.len(), settings.batch_size);
-    let batches = adaptation_batches(shots, passes, settings.batch_size, key);
+) -> Result<AdaptationRecord> {
+    if shots.is_empty() {
+        // Nothing to adapt on, and no optimizer state to allocate.
+        return Ok(AdaptationRecord {
+            rule: "none (0 shots)".into(),
+            batch_size: 1,
+            passes: 0,
+            steps: 0,
+            shots_used: 0,
+        });
+    }
+    let batch_size = settings.batch_size.clamp(1, shots.len());
+    let passes = settings.passes.count(shots.len(), batch_size);
+    let batches = adaptation_batches(shots, passes, batch_size, key);
     let mut optimizer = settings.inner.start(learner);
     let mut used = std::collections::BTreeSet::new();
     for batch in &batches {
@@ -255,7 +265,13 @@ fn adapt_on_shots(
         let (_, grads) = learner.loss_and_grads(&SftBatch::collate(&rows, learner.pad_id, learner.device))?;
         optimizer.step(learner, &grads)?;
     }
-    Ok((used.len(), batches.len()))
+    Ok(AdaptationRecord {
+        rule: settings.inner.to_string(),
+        batch_size,
+        passes,
+        steps: batches.len(),
+        shots_used: used.len(),
+    })
 }
 
 /// The few-shot curve of one task, scored on `split`; `progress` is called after each run.
@@ -288,15 +304,8 @@ pub fn evaluate_task(
             let theta = learner.snapshot();
             let key = run_key(settings.seed, &task.name, n, run);
             let shots = draw_shots(pool.len(), n, key);
-            let (shots_used, steps) =
-                if n > 0 { adapt_on_shots(learner, pool, &shots, settings, key)? } else { (0, 0) };
-            adaptation.get_or_insert_with(|| AdaptationRecord {
-                rule: if n > 0 { settings.inner.to_string() } else { "none (0 shots)".into() },
-                batch_size: settings.batch_size.clamp(1, n.max(1)),
-                passes: if n > 0 { settings.passes.count(n, settings.batch_size) } else { 0 },
-                steps,
-                shots_used,
-            });
+            let record = adapt_on_shots(learner, pool, &shots, settings, key)?;
+            adaptation.get_or_insert(record);
             let loss = score_split(learner, items, settings.score_batch_size)?.loss;
             let judged = judge_items(learner, tokenizer, items, settings)?;
             learner.restore(&theta);
