@@ -36,9 +36,9 @@ TORCHELASTIC_USE_AGENT_STORE=True (node 0's launcher serves the store at MASTER_
 for as long as it runs, across restarts), and OMP_NUM_THREADS unless it is set.
 
 torchrun's underscore spellings are accepted too: --nproc_per_node, --node_rank, --master_addr,
---master_port, --max_restarts, --monitor_interval, --log_dir, --run_id, --rdzv_id,
---rdzv_endpoint, --rdzv_backend, --rdzv_timeout, --local_ranks_filter; and -r / -t for
---redirects / --tee. Not elastic: --nnodes takes one number (or N:N).";
+--master_port, --max_restarts, --monitor_interval, --log_dir, --rdzv_id, --rdzv_endpoint,
+--rdzv_backend, --rdzv_timeout, --local_ranks_filter; and -r / -t for --redirects / --tee.
+--run-id is an older spelling of --rdzv-id. Not elastic: --nnodes takes one number (or N:N).";
 
 /// Starts one process per rank with torchrun's environment, watches them, restarts them, and
 /// reports the root cause of a failure; node 0's launcher hosts the rendezvous store.
@@ -110,8 +110,8 @@ pub struct Args {
     /// Identifies this run (TORCHELASTIC_RUN_ID); the store refuses launchers and ranks of any
     /// other. Several nodes need the same one: default SLURM_JOB_ID there, else required. A
     /// single node makes one up.
-    #[arg(long, alias = "run_id", alias = "rdzv-id", alias = "rdzv_id")]
-    pub run_id: Option<String>,
+    #[arg(long, alias = "rdzv_id", alias = "run-id", alias = "run_id")]
+    pub rdzv_id: Option<String>,
     /// The command each rank runs (after `--`, or after the last flag as torchrun takes it).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -169,14 +169,11 @@ impl Args {
         if self.master_addr.is_none() {
             self.master_addr = Some("127.0.0.1".into());
         }
-        if self.run_id.is_none() && self.nnodes > 1 {
+        if self.rdzv_id.is_none() && self.nnodes > 1 {
             // Each node would otherwise make up its own and the store would refuse all but node 0's.
             match std::env::var("SLURM_JOB_ID") {
-                Ok(job) if !job.is_empty() => self.run_id = Some(job),
-                _ => bail!(
-                    "--nnodes {} needs the same --run-id on every node (torchrun's --rdzv-id), e.g. the job's id",
-                    self.nnodes
-                ),
+                Ok(job) if !job.is_empty() => self.rdzv_id = Some(job),
+                _ => bail!("--nnodes {} needs the same --rdzv-id on every node, e.g. the job's id", self.nnodes),
             }
         }
         Ok(())
@@ -262,7 +259,7 @@ fn supervise(args: &Args, run_id: &str, rdzv: &mut Rendezvous, attempt: &mut u32
 
 fn run(mut args: Args) -> Result<i32> {
     args.resolve()?;
-    let run_id = args.run_id.clone().unwrap_or_else(workers::new_run_id);
+    let run_id = args.rdzv_id.clone().unwrap_or_else(workers::new_run_id);
     // Before any worker: a busy port or a refused run id ends the launch here.
     if args.master_port == 0 && args.node_rank > 0 && !args.standalone {
         bail!("--master-port 0 picks a free port on node 0, which prints it: give node {} that port", args.node_rank);

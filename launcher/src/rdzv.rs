@@ -89,7 +89,7 @@ impl Rendezvous {
             let node = args.node_rank;
             let mut client = StoreClient::connect(&addr, run_id, timeout).map_err(|e| match e {
                 StoreError::WrongRun { addr, theirs, ours } => anyhow::anyhow!(
-                    "node {node}: the store at {addr} belongs to run {theirs:?}, but this launcher's --run-id is {ours:?}"
+                    "node {node}: the store at {addr} belongs to run {theirs:?}, but this launcher's --rdzv-id is {ours:?}"
                 ),
                 e => anyhow::anyhow!("node {node} could not join node 0: {e}"),
             })?;
@@ -240,7 +240,7 @@ impl Rendezvous {
             Waited::Signalled(sig) => Ok(Some(sig)),
             Waited::Abandoned(why) => bail!("not starting attempt {attempt}: {why}"),
             Waited::Missing(missing) => bail!(
-                "attempt {attempt}: node {} did not join within {} s (--rdzv-timeout); was it started with --nnodes {}, the same --master-addr, --master-port and --run-id?",
+                "attempt {attempt}: node {} did not join within {} s (--rdzv-timeout); was it started with --nnodes {}, the same --master-addr, --master-port and --rdzv-id?",
                 list(&missing),
                 format_secs(self.timeout),
                 self.nnodes

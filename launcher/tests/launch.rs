@@ -21,7 +21,7 @@ fn every_rank_gets_torchruns_environment_and_its_own_logs() {
         "3",
         "--master-port",
         "0",
-        "--run-id",
+        "--rdzv-id",
         "r1",
         "--log-dir",
         log_dir,
@@ -98,17 +98,17 @@ fn the_group_restarts_while_restarts_remain() {
 #[test]
 fn bad_invocations_are_refused_clearly() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--nnodes", "2", "--", "true"], "--nnodes 2 needs the same --run-id on every node"),
+        (&["--nnodes", "2", "--", "true"], "--nnodes 2 needs the same --rdzv-id on every node"),
         (
-            &["--nnodes", "2", "--node-rank", "2", "--run-id", "x", "--", "true"],
+            &["--nnodes", "2", "--node-rank", "2", "--rdzv-id", "x", "--", "true"],
             "--node-rank 2 must be below --nnodes 2",
         ),
-        (&["--nnodes", "2", "--standalone", "--run-id", "x", "--", "true"], "--standalone is for a single node"),
+        (&["--nnodes", "2", "--standalone", "--rdzv-id", "x", "--", "true"], "--standalone is for a single node"),
         (&["--rdzv-timeout", "0", "--", "true"], "--rdzv-timeout 0 must be a positive"),
         (&["--tee", "3", "--", "true"], "--log-dir"),
         (&["--standalone", "--nproc", "2", "--", "/no/such/program"], "/no/such/program"),
         (
-            &["--nnodes", "2", "--node-rank", "1", "--master-port", "0", "--run-id", "x", "--", "true"],
+            &["--nnodes", "2", "--node-rank", "1", "--master-port", "0", "--rdzv-id", "x", "--", "true"],
             "--master-port 0 picks a free port on node 0, which prints it: give node 1 that port",
         ),
     ];
@@ -125,6 +125,7 @@ fn standalone_serves_the_store_on_a_free_port() {
     let dir = tempfile::tempdir().unwrap();
     let script = r#"echo $MASTER_ADDR $MASTER_PORT > "$OUT/port.tmp"; mv "$OUT/port.tmp" "$OUT/port"
         until [ -e "$OUT/go" ]; do sleep 0.05; done"#;
+    // --run-id: the older spelling of --rdzv-id, still accepted.
     let mut cmd = launcher(&["--standalone", "--run-id", "solo", "--", "sh", "-c", script]);
     cmd.env("OUT", dir.path());
     let running = Running::spawn(cmd);
@@ -148,7 +149,7 @@ fn a_busy_port_fails_before_any_worker_starts_naming_the_port() {
     let marker = dir.path().join("started");
     let script = format!("touch {}", marker.display());
     // One node binds the master address itself, several bind every interface: both collide.
-    for extra in [&["--nnodes", "1"][..], &["--nnodes", "2", "--run-id", "busy"]] {
+    for extra in [&["--nnodes", "1"][..], &["--nnodes", "2", "--rdzv-id", "busy"]] {
         let mut args = vec!["--master-port", &port, "--nproc", "2"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "sh", "-c", &script]);
@@ -174,7 +175,7 @@ fn the_launcher_hosts_the_store_across_restarts_and_tells_the_workers() {
     let mut cmd = launcher(&[
         "--master-port",
         "0",
-        "--run-id",
+        "--rdzv-id",
         "store-test",
         "--max-restarts",
         "1",
@@ -267,7 +268,7 @@ fn torchruns_spellings_are_accepted_and_help_explains_every_flag() {
         "--log-dir",
         "--redirects",
         "--tee",
-        "--run-id",
+        "--rdzv-id",
         "TORCHELASTIC_USE_AGENT_STORE=True",
         "SLURM_JOB_NODELIST",
         "--nproc_per_node",

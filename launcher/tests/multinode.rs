@@ -48,7 +48,7 @@ fn two_nodes_get_global_ranks_and_node_0_outlasts_the_other() {
         if [ "$GROUP_RANK" = 1 ]; then until [ -e "$OUT/release" ]; do sleep 0.05; done; fi"#;
     let logs = tempfile::tempdir().unwrap();
     let log_dir = logs.path().to_str().unwrap();
-    let run = ["--run-id", "mn", "--log-dir", log_dir, "--redirects", "1"];
+    let run = ["--rdzv-id", "mn", "--log-dir", log_dir, "--redirects", "1"];
     // (A node that starts before node 0's store waits for it: the store client's retries, tested
     // in tests/comm.rs.) A Slurm host list must not beat --master-addr.
     let (mut node0, port) = start_node0(2, &run, dir.path(), script);
@@ -82,11 +82,11 @@ fn two_nodes_get_global_ranks_and_node_0_outlasts_the_other() {
 fn a_wrong_run_id_or_different_flags_are_refused_at_once_and_node_0_names_who_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let script = r#"touch "$OUT/started_$RANK""#;
-    let (node0, port) = start_node0(1, &["--run-id", "job-alpha", "--rdzv-timeout", "4"], dir.path(), script);
+    let (node0, port) = start_node0(1, &["--rdzv-id", "job-alpha", "--rdzv-timeout", "4"], dir.path(), script);
 
     let refusals: [(&[&str], usize, &[&str]); 2] = [
-        (&["--run-id", "job-beta"], 1, &["\"job-alpha\"", "\"job-beta\""]),
-        (&["--run-id", "job-alpha"], 2, &["--nproc 2", "--nproc 1", "node 1 was started with"]),
+        (&["--rdzv-id", "job-beta"], 1, &["\"job-alpha\"", "\"job-beta\""]),
+        (&["--rdzv-id", "job-alpha"], 2, &["--nproc 2", "--nproc 1", "node 1 was started with"]),
     ];
     for (extra, nproc, expected) in refusals {
         let mut args = extra.to_vec();
@@ -117,7 +117,7 @@ const FAILS_ONCE: &str = r#"echo $TORCHELASTIC_RESTART_COUNT >> "$OUT/attempts_$
 #[test]
 fn a_failure_on_one_node_restarts_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--run-id", "restarts", "--max-restarts", "1"];
+    let extra = ["--rdzv-id", "restarts", "--max-restarts", "1"];
     let (node0, port) = start_node0(2, &extra, dir.path(), FAILS_ONCE);
     let node1 = Running::spawn(node(1, port, 2, &extra, dir.path(), FAILS_ONCE));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
@@ -135,7 +135,7 @@ fn a_failure_on_one_node_restarts_every_node() {
 #[test]
 fn without_restarts_a_failure_on_one_node_stops_the_other_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--run-id", "no-restarts"];
+    let extra = ["--rdzv-id", "no-restarts"];
     let (node0, port) = start_node0(2, &extra, dir.path(), FAILS_ONCE);
     let node1 = Running::spawn(node(1, port, 2, &extra, dir.path(), FAILS_ONCE));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
@@ -195,7 +195,7 @@ fn explicit_flags_beat_slurm_variables_and_a_bad_host_list_is_named() {
 fn a_node_that_already_finished_is_not_restarted_for() {
     let dir = tempfile::tempdir().unwrap();
     let script = r#"if [ "$GROUP_RANK" = 1 ]; then sleep 1; exit 4; fi"#;
-    let extra = ["--run-id", "late-failure", "--max-restarts", "3"];
+    let extra = ["--rdzv-id", "late-failure", "--max-restarts", "3"];
     let (node0, port) = start_node0(1, &extra, dir.path(), script);
     let node1 = Running::spawn(node(1, port, 1, &extra, dir.path(), script));
     let (done1, done0) = (node1.finish(LONG), node0.finish(LONG));
