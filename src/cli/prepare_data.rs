@@ -10,8 +10,9 @@ use crate::config::Config;
 use crate::fsutil::write_dir_atomically;
 use std::collections::BTreeMap;
 
-use crate::data::prepare_gsm::{self, TaskBy};
-use crate::data::prepare_math::{read_problems, split_by_subject, SplitOptions, TaskSplits, DEFAULT_INSTRUCTION};
+use crate::data::prepare::gsm_symbolic::{self as prepare_gsm, TaskBy};
+use crate::data::prepare::math::{read_problems, split_by_subject, SplitOptions, DEFAULT_INSTRUCTION};
+use crate::data::prepare::TaskSplits;
 use crate::data::synthetic::{self, SyntheticSpec};
 use crate::data::task_files::{write_parquet, Example};
 

@@ -2,8 +2,7 @@
 //! and the resumable per-task samplers.
 
 pub mod chat_template;
-pub mod prepare_gsm;
-pub mod prepare_math;
+pub mod prepare;
 pub mod sampler;
 pub mod sft;
 pub mod synthetic;

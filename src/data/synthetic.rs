@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 use tch::{Kind, Tensor};
 
-use super::prepare_math::TaskSplits;
+use super::prepare::TaskSplits;
 use super::sampler::{stable_hash, SplitMix64};
 use super::task_files::Example;
 use crate::model::ModelConfig;

