@@ -2,7 +2,7 @@
 //! draw n shots from the task's support pool, adapt θ on them with the inner loop's rule (the
 //! optimizer, learning rate and clipping the algorithm meta-trained with, by default), then score
 //! the task's evaluation items — their teacher-forced loss, and the accuracy of the adapted model's
-//! greedy generations judged by [`answer::is_correct`] — and restore θ.
+//! greedy generations judged by [`judge`] (multiple choice, else [`is_correct`](super::answer::is_correct)) — and restore θ.
 //!
 //! Results use the original trainer's layout, `{task: {n: {loss_mean, loss_std, accuracy_mean, accuracy_std}}}`
 //! (std over runs, numpy's default ddof = 0), with each run's per-item correctness under `runs` for
@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::answer::{extract_answer, is_correct};
+use super::answer::extract_answer;
+use super::choice::judge;
 use super::generate::{generate, GenerationConfig, StopReason};
 use super::score_split;
 use crate::data::sampler::{stable_hash, SplitMix64};
@@ -221,8 +222,11 @@ fn judge_items(
                 _ => &g.tokens[..],
             };
             let text = decode(tokens);
-            let prompt = if settings.keep_samples { decode(&prompt) } else { String::new() };
-            judged.push(Judged { correct: is_correct(&text, &gold), stop: g.stop, prompt, generated: text, gold });
+            // The prompt's text lists a multiple-choice item's options.
+            let prompt = decode(&prompt);
+            let correct = judge(&prompt, &text, &gold);
+            let prompt = if settings.keep_samples { prompt } else { String::new() };
+            judged.push(Judged { correct, stop: g.stop, prompt, generated: text, gold });
         }
     }
     Ok(judged)

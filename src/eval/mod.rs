@@ -6,6 +6,7 @@
 //! moves the training samplers.
 
 pub mod answer;
+pub mod choice;
 pub mod compare;
 pub mod fewshot;
 pub mod generate;

@@ -19,6 +19,7 @@ mod loader;
 mod lora;
 mod metrics;
 mod prepare_data;
+mod prepare_sources;
 mod task_files;
 mod train;
 mod train_cli;

@@ -2,8 +2,11 @@
 //! support / query / test examples. What every source shares is here: the errors, the split by
 //! ratios, and the seeded shuffle.
 
+pub mod gsm8k;
 pub mod gsm_symbolic;
+pub mod local_dataset;
 pub mod math;
+pub mod scienceqa;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
