@@ -330,6 +330,7 @@ fn finish(file: FileTree, overrides: &[String]) -> Result<Resolved, ConfigError>
         check_keys(&tree, &origin)?;
         record(&mut sources, &value, &key, &|_| Source::Override(item.clone()));
     }
+    take_tasks_from(&mut tree, &mut sources)?;
     let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
         let key = e.path().to_string();
         ConfigError::Invalid { origin: describe(&sources, &key), reason: format!("`{key}`: {}", e.inner()) }
@@ -340,6 +341,36 @@ fn finish(file: FileTree, overrides: &[String]) -> Result<Resolved, ConfigError>
         return Err(ConfigError::Invalid { origin: describe(&sources, &key), reason: format!("`{key}`: {reason}") });
     }
     Ok(Resolved { config, notices, sources })
+}
+
+/// `meta.tasks_from: FILE`: FILE's task lists replace the empty ones here, and the key is unset.
+fn take_tasks_from(tree: &mut Json, sources: &mut BTreeMap<String, Source>) -> Result<(), ConfigError> {
+    const KEY: &str = "meta.tasks_from";
+    let Some(Json::String(file)) = lookup(tree, KEY).cloned() else { return Ok(()) };
+    let origin = describe(sources, KEY);
+    for list in ["tasks", "eval_tasks"] {
+        if lookup(tree, &format!("meta.{list}")).and_then(Json::as_array).is_some_and(|l| !l.is_empty()) {
+            let here = describe(sources, &format!("meta.{list}"));
+            return Err(ConfigError::Invalid {
+                origin,
+                reason: format!(
+                    "`{KEY}: {file}` and meta.{list} ({here}) both give tasks; set {KEY}: null to list them here"
+                ),
+            });
+        }
+    }
+    let from = Config::load(Path::new(&file), &[])
+        .map_err(|e| ConfigError::Invalid { origin: origin.clone(), reason: format!("`{KEY}: {file}`: {e}") })?;
+    if from.meta.tasks.is_empty() {
+        return Err(ConfigError::Invalid { origin, reason: format!("`{KEY}`: {file} lists no meta.tasks") });
+    }
+    for (list, tasks) in [("tasks", &from.meta.tasks), ("eval_tasks", &from.meta.eval_tasks)] {
+        let value = serde_json::to_value(tasks).expect("task sections serialise");
+        set_path(tree, &format!("meta.{list}"), value.clone(), &origin)?;
+        record(sources, &value, &format!("meta.{list}"), &|_| Source::File(format!("{file} (meta.tasks_from)")));
+    }
+    set_path(tree, KEY, Json::Null, &origin)?;
+    Ok(())
 }
 
 fn lookup<'a>(tree: &'a Json, path: &str) -> Option<&'a Json> {
@@ -441,6 +472,41 @@ mod tests {
         let missing = write("configs/w.yaml", "base: nowhere.yaml\n");
         let e = Config::load(&missing, &[]).unwrap_err().to_string();
         assert!(e.contains("w.yaml") && e.contains("nowhere.yaml"), "{e}");
+    }
+
+    #[test]
+    fn tasks_from_takes_another_configs_task_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let data = write(
+            "data.yaml",
+            "meta:\n  inner_lr: 0.5\n  tasks:\n  - name: a\n    support_files: [s.parquet]\n  eval_tasks:\n  - name: h\n",
+        );
+        let top = write("x.yaml", &format!("meta:\n  inner_lr: 0.2\n  tasks_from: {data}\n"));
+        let resolved = Config::resolve(Path::new(&top), &[]).unwrap();
+        let c = &resolved.config;
+        assert_eq!((c.meta.tasks[0].name.as_str(), c.meta.eval_tasks[0].name.as_str()), ("a", "h"));
+        assert_eq!(c.meta.tasks[0].support_files, ["s.parquet"]);
+        assert_eq!(c.meta.inner_lr, 0.2, "only the task lists come from the other file");
+        assert!(c.meta.tasks_from.is_none(), "consumed, so the saved config loads again as it is");
+        assert!(resolved.source_of("meta.tasks.0.name").unwrap().to_string().contains("(meta.tasks_from)"));
+        Config::from_yaml(&c.to_yaml(), "saved", &[]).unwrap();
+
+        // An override picks other data; a config listing tasks too is refused, naming both.
+        let other = write("other.yaml", "meta:\n  tasks:\n  - name: b\n");
+        let c = Config::load(Path::new(&top), &[format!("meta.tasks_from={other}")]).unwrap();
+        assert_eq!((c.meta.tasks[0].name.as_str(), c.meta.eval_tasks.len()), ("b", 0));
+        let both = write("both.yaml", &format!("meta:\n  tasks_from: {data}\n  tasks:\n  - name: c\n"));
+        let e = Config::load(Path::new(&both), &[]).unwrap_err().to_string();
+        assert!(e.contains("both.yaml") && e.contains("both give tasks") && e.contains("null"), "{e}");
+        let c = Config::load(Path::new(&both), &["meta.tasks_from=null".into()]).unwrap();
+        assert_eq!(c.meta.tasks[0].name, "c");
+        let e = Config::load(Path::new(&top), &["meta.tasks_from=/no/such.yaml".into()]).unwrap_err().to_string();
+        assert!(e.contains("/no/such.yaml"), "{e}");
     }
 
     const ORIGINAL_STYLE: &str = r#"

@@ -160,6 +160,11 @@ pub struct MetaSection {
     pub tasks: Vec<TaskSection>,
     /// Held-out tasks for few-shot evaluation.
     pub eval_tasks: Vec<TaskSection>,
+    /// Another config (one `prepare-data` wrote) whose meta.tasks and meta.eval_tasks this one
+    /// uses, so an experiment names its data in one key; a path from the working directory, as
+    /// task files are. Read when the config loads (and then unset), so a config that lists tasks
+    /// itself sets this to null.
+    pub tasks_from: Option<String>,
     /// Few-shot evaluation (the trainer's and `fomaml eval`'s) adapts as this algorithm's inner
     /// loop does; unset: as this run's own. Lets a baseline be evaluated exactly like the method
     /// it is compared with (standard LoRA like META-LoRA).
@@ -182,6 +187,7 @@ impl Default for MetaSection {
             eval_inner_rule: None,
             tasks: Vec::new(),
             eval_tasks: Vec::new(),
+            tasks_from: None,
         }
     }
 }

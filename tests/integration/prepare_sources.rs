@@ -298,3 +298,69 @@ fn the_math_science_set_trains_and_evaluates_on_the_tiny_model() {
         assert!(acc.as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{task}: {json}");
     }
 }
+
+/// Copies `from` (a folder) to `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_experiment_config_resolves_on_its_data_set() {
+    let root = tempfile::tempdir().unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments"),
+        &root.path().join("configs/experiments"),
+    );
+    math_tree(&root.path().join("MATH"));
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fomaml")).args(args).current_dir(root.path()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["prepare-data", "math", "--source", "MATH", "--out", "data/math_meta"]);
+    let (gsm, sqa) = (fixture("gsm8k/hub"), fixture("scienceqa/hub"));
+    run(&[
+        "prepare-data",
+        "math-science",
+        "--math",
+        "MATH",
+        "--gsm8k",
+        &gsm,
+        "--scienceqa",
+        &sqa,
+        "--out",
+        "data/math_science_meta",
+    ]);
+
+    let mut checked = 0;
+    for model in ["llama", "qwen3"] {
+        for dir in [format!("configs/experiments/{model}"), format!("configs/experiments/{model}/math_science")] {
+            for entry in std::fs::read_dir(root.path().join(&dir)).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(experiment) = name.strip_suffix(".yaml") else { continue };
+                let shown = run(&["config", "show", "--config", &format!("{dir}/{name}")]);
+                let tasks = |t: &str| shown.contains(&format!("name: {t}\n"));
+                let expected = match (dir.ends_with("math_science"), experiment) {
+                    (true, "exp5_lora_pooled") => tasks("mixed") && tasks("science_physics"),
+                    (true, _) => tasks("word_problems") && tasks("science_physics") && tasks("algebra"),
+                    (false, e) if e.starts_with("exp4_lora_") => {
+                        let subject = &e["exp4_lora_".len()..];
+                        tasks(subject) && shown.matches("- name: ").count() == 1
+                    }
+                    (false, _) => tasks("algebra") && tasks("counting_and_probability") && !tasks("word_problems"),
+                };
+                assert!(expected, "{dir}/{name} resolves to the wrong tasks:\n{shown}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * (21 + 4), "every experiment config, both models");
+}
