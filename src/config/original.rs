@@ -170,6 +170,23 @@ fn translate_tasks(tree: &mut Json, origin: &str, out: &mut Translation) -> Resu
     Ok(meta_lora_layout)
 }
 
+/// The FOMAML trainer's file (`meta.use_fomaml`, no `meta.algorithm`): that trainer never applied
+/// its LoRA keys (the generated math-science config sets `lora_rank: 16`) and trained every
+/// parameter, so they are dropped and the run is full-parameter, as the original's was.
+fn drop_unapplied_lora(tree: &mut Json, origin: &str, out: &mut Translation) {
+    let dropped: Vec<String> = ["model.lora_rank", "model.lora_alpha", "model.lora_dropout", "model.target_modules"]
+        .into_iter()
+        .filter_map(|key| take(tree, key).map(|v| format!("`{key}: {v}`")))
+        .collect();
+    if !dropped.is_empty() {
+        out.notices.push(format!(
+            "{origin}: {} dropped: the original FOMAML trainer never applied them and trained every parameter; \
+             set meta.algorithm: fomaml with model.lora_rank for FOMAML-LoRA",
+            dropped.join(", ")
+        ));
+    }
+}
+
 /// Rewrites the original trainer's keys in `tree` (one file, or one override) into this layout.
 pub fn translate(tree: &mut Json, origin: &str) -> Result<Translation, ConfigError> {
     let mut out = Translation::default();
@@ -189,6 +206,12 @@ pub fn translate(tree: &mut Json, origin: &str) -> Result<Translation, ConfigErr
             "{origin}: META-LoRA's layout (meta.meta_lr, tasks' train_files / val_files): meta.algorithm is meta_lora, \
              tasks' caps default to 100 support and 200 query rows as in the original"
         ));
+    }
+    let fomaml_layout = !meta_lora_layout
+        && lookup_mut(tree, "meta.use_fomaml").is_some()
+        && lookup_mut(tree, "meta.algorithm").is_none();
+    if fomaml_layout {
+        drop_unapplied_lora(tree, origin, &mut out);
     }
     translate_logger(tree, origin, &mut out);
     // verl's `resume_mode: auto` resumes from resume_from_path when it is set; a null path is unset.

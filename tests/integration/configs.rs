@@ -145,6 +145,19 @@ fn the_original_trainers_configs_load_as_they_are() {
     assert_eq!(c.meta.tasks[4].support_files, ["DATA_DIR/science_physics_support.parquet"]);
     assert_eq!((c.meta.tasks[4].support_max_samples, c.meta.tasks[4].query_max_samples), (Some(100), Some(200)));
 
+    // The config the original's prepare_math_science_data.py generates: its FOMAML trainer never
+    // applied the LoRA keys it sets, so the run is full-parameter here too, with a notice.
+    let r = resolve("config_fomaml_math_science.yaml");
+    let c = &r.config;
+    assert_eq!((c.meta.algorithm, c.model.lora_rank), (Algorithm::Fomaml, 0));
+    assert_eq!((c.meta.inner_lr, c.meta.outer_lr, c.meta.meta_batch_size), (5e-5, 2e-5, 3));
+    assert_eq!(c.meta.tasks[7].name, "word_problems");
+    assert!(
+        r.notices.iter().any(|n| n.contains("`model.lora_rank: 16`") && n.contains("`model.target_modules")),
+        "{:#?}",
+        r.notices
+    );
+
     let c = resolve("changelog_fragment.yaml").config;
     assert_eq!((c.meta.inner_lr, c.meta.outer_lr, c.meta.meta_batch_size), (1e-4, 3e-5, 4));
     let c = resolve("guide_fragment.yaml").config;
