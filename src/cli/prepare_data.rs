@@ -98,14 +98,20 @@ pub struct MathArgs {
     /// Output directory: <out>/<task>/{support,query,test}.parquet and <out>/config.yaml.
     #[arg(long)]
     pub out: PathBuf,
-    /// Cap on problems per subject (levels keep their proportions).
-    #[arg(long)]
-    pub max_samples_per_task: Option<usize>,
-    /// Appended to each problem to form the prompt ("" for none).
-    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
-    pub instruction: String,
+    #[command(flatten)]
+    pub math: MathOptions,
     #[command(flatten)]
     pub split: SplitArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MathOptions {
+    /// Cap on MATH problems per subject (levels keep their proportions).
+    #[arg(long)]
+    pub max_samples_per_task: Option<usize>,
+    /// Appended to each MATH problem to form the prompt ("" for none).
+    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
+    pub instruction: String,
 }
 
 /// How every prepare command splits a task and writes its output.
@@ -257,12 +263,8 @@ pub struct MathScienceArgs {
     /// task's support + query rows, shuffled) and sft_mixed.yaml, the tasks file for training on it.
     #[arg(long)]
     pub out: PathBuf,
-    /// Cap on MATH problems per subject (levels keep their proportions).
-    #[arg(long)]
-    pub max_samples_per_task: Option<usize>,
-    /// Appended to each MATH problem to form the prompt ("" for none).
-    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
-    pub instruction: String,
+    #[command(flatten)]
+    pub math_options: MathOptions,
     #[command(flatten)]
     pub gsm8k_options: Gsm8kOptions,
     #[command(flatten)]
@@ -301,21 +303,15 @@ struct Prepared {
     note: String,
 }
 
-fn math_tasks(
-    source: &Path,
-    split: &SplitArgs,
-    default: (f64, f64),
-    cap: Option<usize>,
-    instruction: &str,
-) -> Result<Prepared> {
+fn math_tasks(source: &Path, options: &MathOptions, split: &SplitArgs, default: (f64, f64)) -> Result<Prepared> {
     let problems = read_problems(source)?;
     let (support_ratio, query_ratio) = split.ratios(default);
     let opts = SplitOptions {
         support_ratio,
         query_ratio,
         seed: split.seed,
-        max_samples_per_task: cap,
-        instruction: instruction.to_string(),
+        max_samples_per_task: options.max_samples_per_task,
+        instruction: options.instruction.clone(),
     };
     let note = format!("MATH: {} problems from {}", problems.len(), source.display());
     Ok(Prepared { tasks: split_by_subject(problems, &opts)?, tag_column: "level", note })
@@ -348,7 +344,7 @@ fn scienceqa_tasks(
 }
 
 fn math(args: &MathArgs) -> Result<()> {
-    let prepared = math_tasks(&args.source, &args.split, MATH_RATIOS, args.max_samples_per_task, &args.instruction)?;
+    let prepared = math_tasks(&args.source, &args.math, &args.split, MATH_RATIOS)?;
     write_sources(&args.out, &args.split, "math", &[prepared])
 }
 
@@ -381,8 +377,7 @@ fn math_science(args: &MathScienceArgs) -> Result<()> {
     }
     let mut sources = Vec::new();
     if let Some(math) = &args.math {
-        let default = MATH_SCIENCE_MATH_RATIOS;
-        sources.push(math_tasks(math, &args.split, default, args.max_samples_per_task, &args.instruction)?);
+        sources.push(math_tasks(math, &args.math_options, &args.split, MATH_SCIENCE_MATH_RATIOS)?);
     }
     if let Some(gsm) = &args.gsm8k {
         sources.push(gsm8k_tasks(gsm, &args.gsm8k_options, &args.source_splits, &args.split)?);
