@@ -23,7 +23,7 @@ printf '\n| algorithm (configs/bins/) | step time (s) | tokens/s | peak RSS (MiB
 for name in $configs; do
   run="$work/runs/$name"
   $bin train --config "$work/configs/bins/$name.yaml" "model.partial_pretrain=$work/model" \
-    "trainer.total_steps=$steps" trainer.test_freq=0 checkpoint.save_freq=0 "trainer.num_threads=$threads" \
+    "trainer.total_steps=$steps" trainer.test_freq=0 checkpoint.save_freq=0 checkpoint.save_final=false "trainer.num_threads=$threads" \
     "trainer.default_local_dir=$run" 'trainer.logger=[jsonl]' >&2
   python - "$name" "$run/metrics.jsonl" <<'PY'
 import json, statistics, sys

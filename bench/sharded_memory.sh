@@ -19,7 +19,7 @@ base=
 for world in $worlds; do
   run="$work/run$world"
   args=(train --config "$work/bins/config.yaml" "model.partial_pretrain=$work/model" "trainer.total_steps=$steps"
-        trainer.test_freq=0 checkpoint.save_freq=0 trainer.sharding=fsdp "trainer.default_local_dir=$run"
+        trainer.test_freq=0 checkpoint.save_freq=0 checkpoint.save_final=false trainer.sharding=fsdp "trainer.default_local_dir=$run"
         'trainer.logger=[jsonl]')
   if [ "$world" = 1 ]; then
     OMP_NUM_THREADS=$(nproc) $bin/fomaml "${args[@]}" >&2

@@ -108,7 +108,7 @@ fn fsdp_over_nccl_matches_the_whole_model_on_one_gpu() {
             (c.model.lora_rank, c.model.lora_alpha, c.model.lora_dropout) = (4, 8.0, 0.0);
         }
         c.trainer.default_local_dir = run.run_dir(name).display().to_string();
-        Trainer::new(c).unwrap().run().unwrap().last_checkpoint
+        Trainer::new(c).unwrap().run().unwrap().last_checkpoint.unwrap()
     };
     let whole = train("whole", Sharding::Auto, Backend::Auto, "f32", false);
     let sharded = train("nccl", Sharding::Fsdp, Backend::Nccl, "f32", false);

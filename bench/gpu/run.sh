@@ -125,7 +125,7 @@ config=$(cat <<JSON
  "trainer": {"total_steps": $total, "seed": 0, "test_freq": 0, "logger": ["console", "jsonl"],
              "default_local_dir": "$work/ours", "device": "$DEVICE", "nan_policy": "abort",
              "sharding": "$SHARDING", "backend": "$BACKEND"$threads_yaml},
- "checkpoint": {"save_freq": 0, "resume_mode": "disable"}}
+ "checkpoint": {"save_freq": 0, "save_final": false, "resume_mode": "disable"}}
 JSON
 )
 "$PY" "$here/tasks.py" make "$model" "$tasks" --seq "$SEQ" --tasks "$META_BATCH" \
@@ -160,8 +160,8 @@ smi_stop() {
 
 # run_measured NAME LOG CAP PHASES_AFTER DONE_FILE DONE_LINES CMD...: runs CMD under nvidia-smi
 # sampling, stops it at its time allowance, or once DONE_FILE has DONE_LINES complete lines (the
-# trainer has logged its last step: what follows is the end-of-run checkpoint, ~15 GB at 1B, which
-# the trainer cannot be told to skip). Leaves phase_status ok|stopped|timeout|exit N.
+# trainer has logged its last step; with checkpoint.save_final: false it saves nothing and exits by
+# itself). Leaves phase_status ok|stopped|timeout|exit N.
 run_measured() {
   local name=$1 log=$2 limit; limit=$(allowance "$3" "$4"); local done_file=$5 done_lines=$6; shift 6
   if [ "$limit" -le 0 ]; then phase_status="skipped (time budget)"; echo "$name: $phase_status"; return; fi

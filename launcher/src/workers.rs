@@ -104,6 +104,26 @@ fn tee(mut source: impl Read + Send + 'static, mut file: File, rank: usize, to_s
     })
 }
 
+/// The rank gets SIGKILL when the launcher dies, however it dies (an OOM kill, `scancel -s KILL`):
+/// no orphan rank goes on training and writing checkpoints beside a relaunch. A launcher that
+/// died before the rank could ask for this is noticed by its parent pid.
+fn die_with_launcher(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let launcher = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != launcher {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Group {
     pub fn start(args: &Args, master_addr: &str, run_id: &str, attempt: u32) -> Result<Self> {
         let attempt_dir = match &args.log_dir {
@@ -170,6 +190,7 @@ impl Group {
                     cmd.stderr(stdio);
                 }
             }
+            die_with_launcher(&mut cmd);
             let mut child =
                 cmd.spawn().with_context(|| format!("cannot start `{}` for rank {rank}", args.command[0]))?;
             if let Some(out) = child.stdout.take() {

@@ -324,3 +324,38 @@ fn torchrun_command_lines_run_as_they_are() {
     let clash = launch(&["--rdzv-endpoint", "n1:29500", "--master-addr", "n2", "true"]);
     assert!(!clash.status.success() && stderr(&clash).contains("name different hosts"), "{}", stderr(&clash));
 }
+
+/// Issue: SIGKILL to the launcher (an OOM kill, `scancel -s KILL`) must not leave its ranks training.
+#[test]
+fn ranks_die_with_a_killed_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    // `exec`: the rank process itself sleeps (a shell's own children are not the launcher's ranks).
+    let script = r#"echo $$ > "$OUT/pid.$RANK.tmp"; mv "$OUT/pid.$RANK.tmp" "$OUT/pid.$RANK"; exec sleep 60"#;
+    let mut cmd = launcher(&["--nproc", "2", "--", "sh", "-c", script]);
+    cmd.env("OUT", dir.path());
+    let mut running = Running::spawn(cmd);
+    let pids: Vec<i32> = (0..2)
+        .map(|rank| {
+            let path = dir.path().join(format!("pid.{rank}"));
+            wait_for(&path, Duration::from_secs(10));
+            std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+        })
+        .collect();
+    // A killed rank may stay a zombie until something reaps it: only a running one counts.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    assert!(pids.iter().all(|&p| alive(p)), "ranks run");
+    running.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let orphans: Vec<&i32> = pids.iter().filter(|&&p| alive(p)).collect();
+    for &&p in &orphans {
+        // SAFETY: cleaning up the orphan this test made.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(orphans.is_empty(), "ranks {orphans:?} outlived their SIGKILLed launcher");
+}

@@ -12,6 +12,52 @@ use crate::fsutil::write_dir_atomically;
 use crate::model::{load_weights, LoraConfig, ModelConfig, Weights};
 use crate::tensor_io::write_safetensors;
 
+/// `out` may not be, hold or lie inside the run directory the checkpoint belongs to (nor the
+/// checkpoint itself): `--force` replaces `out` whole, and must never take the run with it.
+fn refuse_to_overwrite_the_run(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    let checkpoint = std::fs::canonicalize(checkpoint_dir)
+        .with_context(|| format!("checkpoint {} does not exist", checkpoint_dir.display()))?;
+    // <run>/checkpoints/step_N: the run directory is two levels up, when the layout is the trainer's.
+    let under_checkpoints = checkpoint.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+    let protected = under_checkpoints.and_then(Path::parent).unwrap_or(&checkpoint).to_path_buf();
+    let out = absolute_resolved(out)?;
+    if out.starts_with(&protected) || protected.starts_with(&out) {
+        bail!(
+            "{} {} the run directory {} of checkpoint {}; export elsewhere (--force would replace it)",
+            out.display(),
+            if out == protected {
+                "is"
+            } else if out.starts_with(&protected) {
+                "lies inside"
+            } else {
+                "contains"
+            },
+            protected.display(),
+            checkpoint_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its existing part's links resolved (the rest need not exist yet).
+fn absolute_resolved(path: &Path) -> Result<std::path::PathBuf> {
+    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
 /// Files copied from the source model directory when present (config.json is required).
 const COPIED: [&str; 8] = [
     "config.json",
@@ -31,6 +77,7 @@ const COPIED: [&str; 8] = [
 /// directory (adapter_config.json + adapter_model.safetensors over the run's base model), or with
 /// `merge` the base model with the adapter merged in.
 pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, force: bool) -> Result<()> {
+    refuse_to_overwrite_the_run(checkpoint_dir, out)?;
     // Sharded checkpoints are consolidated here: every rank's slices joined back into tensors.
     let (meta, params) =
         read_params(checkpoint_dir).with_context(|| format!("checkpoint {}", checkpoint_dir.display()))?;

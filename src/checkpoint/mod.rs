@@ -2,10 +2,12 @@
 //! `meta.json` holding the step, the trainer's resumable state and the sha256 of every file.
 //!
 //! A checkpoint is written into a temp directory, fsynced and renamed into place; `<root>/latest`
-//! is updated last. A crash at any point leaves either the previous checkpoint as the newest
-//! complete one or the new one whole. No pickle anywhere.
+//! is updated last and is the authority: a checkpoint is committed when `latest` names it. A crash
+//! at any point leaves the previous checkpoint named by `latest`. Retention never deletes the
+//! checkpoint `latest` names. No pickle anywhere.
 
 pub mod export;
+pub mod run_dir;
 pub mod shards;
 
 use std::cell::RefCell;
@@ -24,7 +26,7 @@ use crate::fsutil::write_atomically;
 use crate::tensor_io::{read_safetensors, write_safetensors, MappedSafetensors};
 
 pub const META_FILE: &str = "meta.json";
-const LATEST_FILE: &str = "latest";
+pub const LATEST_FILE: &str = "latest";
 /// 2: optimizer moments named `exp_avg/<parameter>`; sharded checkpoints.
 const FORMAT_VERSION: u32 = 2;
 
@@ -149,11 +151,19 @@ pub fn commit(root: &Path, tmp: &Path, meta: &CheckpointMeta, keep: Option<usize
         let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
         write_atomically(&tmp.join(META_FILE), |f| std::io::Write::write_all(f, &json))
             .map_err(CheckpointError::Write)?;
+        // A step saved again: the old copy is renamed aside first (never a checkpoint by name)
+        // and removed only once the new one is in place.
+        let replaced = root.join(format!(".{name}.replaced"));
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            let _ = fs::remove_dir_all(&replaced);
+            fs::rename(&dir, &replaced).map_err(io(&dir))?;
         }
         fs::rename(tmp, &dir).map_err(io(&dir))?;
-        fs::File::open(root).and_then(|d| d.sync_all()).map_err(io(root))
+        fs::File::open(root).and_then(|d| d.sync_all()).map_err(io(root))?;
+        if replaced.exists() {
+            fs::remove_dir_all(&replaced).map_err(io(&replaced))?;
+        }
+        Ok(())
     })();
     if let Err(e) = renamed {
         let _ = fs::remove_dir_all(tmp);
@@ -186,23 +196,31 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     Ok(found)
 }
 
+/// Deletes the oldest checkpoints beyond `keep`, never the one `latest` names.
 fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
     let all = list(root)?;
+    let named = latest_named(root);
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
-        fs::remove_dir_all(dir).map_err(io(dir))?;
+        if Some(dir) != named.as_ref() {
+            fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
     }
     Ok(())
 }
 
-/// The newest complete checkpoint: the one `latest` names if it is complete, else the highest step
-/// with a meta.json (a crash between the rename and `latest` leaves `latest` one behind).
+/// The complete checkpoint `latest` names, if any.
+fn latest_named(root: &Path) -> Option<PathBuf> {
+    let named = root.join(fs::read_to_string(root.join(LATEST_FILE)).ok()?.trim());
+    named.join(META_FILE).is_file().then_some(named)
+}
+
+/// The checkpoint to resume: the one `latest` names; without a usable `latest` (a directory of an
+/// older version, or `latest` removed), the highest complete step.
 pub fn newest(root: &Path) -> Result<Option<PathBuf>, CheckpointError> {
-    let newest = list(root)?.pop().map(|(_, dir)| dir);
-    let named = fs::read_to_string(root.join(LATEST_FILE)).ok().map(|n| root.join(n.trim()));
-    Ok(match (named, newest) {
-        (Some(named), Some(newest)) if named.join(META_FILE).is_file() && named >= newest => Some(named),
-        (_, newest) => newest,
-    })
+    match latest_named(root) {
+        Some(named) => Ok(Some(named)),
+        None => Ok(list(root)?.pop().map(|(_, dir)| dir)),
+    }
 }
 
 pub struct Loaded {
@@ -312,6 +330,36 @@ mod tests {
         fs::write(&file, bytes).unwrap();
         let err = load(&newest_dir).err().unwrap().to_string();
         assert!(err.contains("model.safetensors") && err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn a_step_saved_again_is_replaced_whole_and_latest_is_the_authority() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (Tensor::from_slice(&[1.0f32]), Tensor::from_slice(&[2.0f32]));
+        save(root.path(), meta(4), &[("model.safetensors", vec![("w", &a)])], None).unwrap();
+        save(root.path(), meta(5), &[("model.safetensors", vec![("w", &a)])], None).unwrap();
+        let dir = save(root.path(), meta(5), &[("model.safetensors", vec![("w", &b)])], None).unwrap();
+        assert!(load(&dir).unwrap().files["model.safetensors"]["w"].equal(&b));
+        let names: Vec<String> = fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("replaced")), "{names:?}");
+
+        // What a crash between the two renames of a re-save leaves: the old step 5 aside, the new
+        // one still staged. `latest` names a step that is gone: the newest complete one is used.
+        fs::rename(&dir, root.path().join(".step_00000005.replaced")).unwrap();
+        fs::create_dir(staging_dir(root.path(), 5)).unwrap();
+        assert!(newest(root.path()).unwrap().unwrap().ends_with("step_00000004"));
+
+        // `latest` wins over a higher step, and retention never deletes what it names.
+        save(root.path(), meta(6), &[("model.safetensors", vec![("w", &a)])], None).unwrap();
+        fs::write(root.path().join(LATEST_FILE), step_dir_name(4)).unwrap();
+        assert!(newest(root.path()).unwrap().unwrap().ends_with("step_00000004"));
+        prune(root.path(), 1).unwrap();
+        let steps: Vec<u64> = list(root.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, [4, 6]);
     }
 
     #[test]

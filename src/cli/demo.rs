@@ -75,7 +75,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         config.trainer.default_local_dir = args.out.join(name).display().to_string();
         eprintln!("\n== {name}: {} steps", config.trainer.total_steps);
         let summary = Trainer::new(config).and_then(Trainer::run).with_context(|| format!("the {name} run"))?;
-        runs.push((name, Some(summary.last_checkpoint)));
+        runs.push((name, summary.last_checkpoint));
     }
     runs.push(("untrained", None));
 

@@ -291,10 +291,22 @@ pub struct CheckpointSection {
     pub max_ckpt_to_keep: Option<usize>,
     pub resume_mode: ResumeMode,
     pub resume_path: Option<String>,
+    /// Save when training ends (false: only every save_freq steps, e.g. for benchmarks).
+    pub save_final: bool,
+    /// A fresh run in a run directory holding another run's checkpoints moves them and its
+    /// metrics to `checkpoints/archived/` (false: the run is refused).
+    pub archive_previous: bool,
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        Self { save_freq: 500, max_ckpt_to_keep: Some(3), resume_mode: ResumeMode::Auto, resume_path: None }
+        Self {
+            save_freq: 500,
+            max_ckpt_to_keep: Some(3),
+            resume_mode: ResumeMode::Auto,
+            resume_path: None,
+            save_final: true,
+            archive_previous: false,
+        }
     }
 }

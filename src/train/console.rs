@@ -104,7 +104,7 @@ impl Console {
         }
     }
 
-    pub fn finish(&self, last: Option<&Record>, checkpoint: &Path) {
+    pub fn finish(&self, last: Option<&Record>, checkpoint: Option<&Path>) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -114,6 +114,9 @@ impl Console {
         if let (true, Some(record)) = (self.enabled, last) {
             eprintln!("done at step {}: {}", record.step, Self::summary(record));
         }
-        eprintln!("checkpoint: {}", checkpoint.display());
+        match checkpoint {
+            Some(dir) => eprintln!("checkpoint: {}", dir.display()),
+            None => eprintln!("no checkpoint saved (checkpoint.save_final: false)"),
+        }
     }
 }

@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::checkpoint::run_dir::{settle_lineage, RunLock, Start};
 use crate::checkpoint::shards::{rank_file, read_shard, read_whole, state_name};
 use crate::checkpoint::{self, CheckpointMeta, CheckpointReader};
 use crate::cli::device_for_rank;
@@ -49,13 +50,16 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     pub steps: u64,
     pub resumed_from: Option<PathBuf>,
-    pub last_checkpoint: PathBuf,
+    /// None when nothing was saved (checkpoint.save_final: false and no save_freq step).
+    pub last_checkpoint: Option<PathBuf>,
     pub last_record: Option<Record>,
     /// Whether this process is rank 0 (the one that reports).
     pub is_main: bool,
 }
 
 pub struct Trainer {
+    /// Held by rank 0 while the trainer lives: one writer per run directory.
+    _lock: Option<RunLock>,
     config: Config,
     model_dir: PathBuf,
     run_dir: PathBuf,
@@ -96,7 +100,19 @@ impl Trainer {
             true => Console::new(config.trainer.logger.iter().any(|l| l == "console")),
             false => Console::silent(),
         };
+        // One writer per run directory (rank 0 writes for all).
+        let lock = match dist.is_main() {
+            true => {
+                let (lock, notice) = RunLock::acquire(&run_dir)?;
+                if let Some(notice) = notice {
+                    eprintln!("note: {notice}");
+                }
+                Some(lock)
+            }
+            false => None,
+        };
         let mut trainer = Self {
+            _lock: lock,
             model_dir,
             run_dir,
             learner,
@@ -215,18 +231,18 @@ impl Trainer {
             let record = Record { step: self.step, scalars };
             self.log(&record)?;
             let save_freq = self.config.checkpoint.save_freq as u64;
-            if self.step == end || (save_freq > 0 && self.step % save_freq == 0) {
+            let final_step = self.step == end && self.config.checkpoint.save_final;
+            if final_step || (save_freq > 0 && self.step % save_freq == 0) {
                 last_checkpoint = Some(self.save()?);
             }
         }
-        let last_checkpoint = match last_checkpoint {
-            Some(dir) => dir,
-            None => self.save()?,
-        };
+        if last_checkpoint.is_none() && self.config.checkpoint.save_final {
+            last_checkpoint = Some(self.save()?);
+        }
         for sink in &mut self.sinks {
             sink.flush()?;
         }
-        self.console.finish(self.last_record.as_ref(), &last_checkpoint);
+        self.console.finish(self.last_record.as_ref(), last_checkpoint.as_deref());
         Ok(TrainSummary {
             run_dir: self.run_dir,
             steps: self.step,
@@ -374,19 +390,28 @@ impl Trainer {
     /// Loads θ, optimizer state, step and sampler positions from the checkpoint that
     /// `checkpoint.resume_mode` selects, if any. The checkpoint may come from any world size.
     fn resume(&mut self) -> Result<()> {
+        let root = self.checkpoint_root();
         let dir = match self.config.checkpoint.resume_mode {
-            ResumeMode::Disable => return Ok(()),
-            ResumeMode::Auto => match checkpoint::newest(&self.checkpoint_root())? {
-                Some(dir) => dir,
-                None => return Ok(()),
-            },
+            ResumeMode::Disable => None,
+            ResumeMode::Auto => checkpoint::newest(&root)?,
             ResumeMode::ResumePath => match &self.config.checkpoint.resume_path {
-                Some(path) => PathBuf::from(path),
+                Some(path) => Some(PathBuf::from(path)),
                 None => bail!("checkpoint.resume_mode is resume_path but checkpoint.resume_path is not set"),
             },
         };
-        let checkpoint =
-            CheckpointReader::open(&dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let checkpoint = dir
+            .as_ref()
+            .map(|dir| CheckpointReader::open(dir).with_context(|| format!("cannot resume from {}", dir.display())))
+            .transpose()?;
+        let start = match &checkpoint {
+            Some(c) => Start::Resume { dir: &c.dir, step: c.meta.step },
+            None => Start::Fresh,
+        };
+        let archive = self.config.checkpoint.archive_previous;
+        for notice in settle_lineage(&self.run_dir, &root, start, archive, self.dist.is_main())? {
+            eprintln!("note: {notice}");
+        }
+        let (Some(dir), Some(checkpoint)) = (dir, checkpoint) else { return Ok(()) };
         let meta = &checkpoint.meta;
         let state: TrainState = serde_json::from_value(meta.state.clone())
             .with_context(|| format!("{}: trainer state", dir.join(checkpoint::META_FILE).display()))?;

@@ -17,7 +17,7 @@ fn eval_writes_the_original_layout_repeatably_and_compare_reads_it() {
     let spec = SyntheticSpec { train_tasks: 6, eval_tasks: 2, support: 16, query: 8, test: 8, seed: 5 };
     let mut run = synthetic_run(&spec);
     (run.config.trainer.total_steps, run.config.trainer.test_freq, run.config.meta.outer_lr) = (30, 0, 1e-2);
-    let checkpoint = Trainer::new(run.config.clone()).unwrap().run().unwrap().last_checkpoint;
+    let checkpoint = Trainer::new(run.config.clone()).unwrap().run().unwrap().last_checkpoint.unwrap();
     let eval = |out: &std::path::Path, extra: &[&str]| {
         let o = fomaml()
             .arg("eval")

@@ -41,7 +41,7 @@ fn fomaml_lora_trains_the_adapter_only_and_round_trips_through_peft() {
     let summary = trainer.run().unwrap();
 
     // The checkpoint holds the adapter alone (small), and the optimizer state only for it.
-    let loaded = fomaml::checkpoint::load(&summary.last_checkpoint).unwrap();
+    let loaded = fomaml::checkpoint::load(summary.last_checkpoint.as_ref().unwrap()).unwrap();
     let saved = &loaded.files["model.safetensors"];
     assert_eq!(saved.len(), 12);
     assert_eq!(loaded.files["optimizer.safetensors"].len(), 24);
@@ -52,7 +52,7 @@ fn fomaml_lora_trains_the_adapter_only_and_round_trips_through_peft() {
     let base_dir = Path::new(&run.config.model.partial_pretrain);
     let adapter_dir = run.path().join("adapter");
     let merged_dir = run.path().join("merged");
-    let ckpt = summary.last_checkpoint.to_str().unwrap();
+    let ckpt = summary.last_checkpoint.as_ref().unwrap().to_str().unwrap();
     for (out, extra) in [(&adapter_dir, None), (&merged_dir, Some("--merge"))] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fomaml"));
         cmd.args(["export", ckpt, out.to_str().unwrap()]);

@@ -20,6 +20,7 @@ mod lora;
 mod metrics;
 mod prepare_data;
 mod prepare_sources;
+mod run_dir;
 mod task_files;
 mod train;
 mod train_cli;

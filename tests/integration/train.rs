@@ -218,7 +218,7 @@ fn nan_policy_aborts_naming_the_step_and_task_or_skips() {
     let last = summary.last_record.unwrap();
     let skipped = last.scalars.iter().find(|(n, _)| n == "meta/skipped_steps").unwrap().1;
     assert_eq!(skipped, 2.0);
-    let loaded = fomaml::checkpoint::load(&summary.last_checkpoint).unwrap();
+    let loaded = fomaml::checkpoint::load(summary.last_checkpoint.as_ref().unwrap()).unwrap();
     let saved = &loaded.files["model.safetensors"];
     let names =
         fomaml::model::ModelConfig::from_dir(Path::new(&run.config.model.partial_pretrain)).unwrap().parameter_shapes();

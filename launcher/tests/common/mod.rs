@@ -104,6 +104,12 @@ impl Running {
 }
 
 impl Running {
+    /// SIGKILL to the launcher alone (an OOM kill): it cannot stop its workers itself.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM first, so that the launcher stops its workers too; SIGKILL if it lingers.
     fn stop(&mut self) {
         if self.is_running() {
