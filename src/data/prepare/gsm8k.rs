@@ -24,21 +24,9 @@ pub fn read(source: &Path, splits: &[String], instruction: &str) -> Result<Vec<(
         let question = row.required_text("question")?;
         let response = format_answer(&row.required_text("answer")?, &row.place)?;
         let prompt = if instruction.is_empty() { question } else { format!("{question} {instruction}") };
-        items.push((Example { prompt, response }, short_place(source, &row.place)));
+        items.push((Example { prompt, response }, row.place_under(source)));
     }
     Ok(items)
-}
-
-/// A row's place relative to the source folder (or a source file's folder).
-pub fn short_place(source: &Path, place: &str) -> String {
-    let base = if source.is_file() { source.parent().unwrap_or(source) } else { source };
-    let prefix = base.display().to_string();
-    place
-        .strip_prefix(&prefix)
-        .map(|p| p.trim_start_matches('/'))
-        .filter(|p| !p.is_empty())
-        .unwrap_or(place)
-        .to_string()
 }
 
 /// The one task, split by the ratios.

@@ -52,6 +52,15 @@ impl Row {
         Ok(text)
     }
 
+    /// Where the row came from, relative to `source` (or a source file's folder), which every row
+    /// shares.
+    pub fn place_under(&self, source: &Path) -> String {
+        let base = if source.is_file() { source.parent().unwrap_or(source) } else { source };
+        let prefix = base.display().to_string();
+        let short = self.place.strip_prefix(&prefix).map(|p| p.trim_start_matches('/'));
+        short.filter(|p| !p.is_empty()).unwrap_or(&self.place).to_string()
+    }
+
     /// Whether a column holds anything: not null, and for a struct (the hub's image) some field set.
     pub fn has(&self, key: &str) -> bool {
         match self.values.get(key) {

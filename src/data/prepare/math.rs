@@ -2,11 +2,12 @@
 //! query / test, stratified by difficulty level, reproducibly from a seed.
 //!
 //! Input: the original tree `<root>/{train,test}/<subject>/*.json` (both parts pooled), or one
-//! jsonl / parquet file with columns problem, solution, type, level.
+//! jsonl / parquet / arrow file with columns problem, solution, type, level.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::local_dataset::{read_rows, Columns};
 use super::{check_ratios, PrepareError, TaskSplits};
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::task_files::{Example, TaskFileError};
@@ -35,24 +36,20 @@ pub fn task_name(subject: &str) -> String {
     words.join("_")
 }
 
-fn field(value: &serde_json::Value, key: &str, path: &Path, line: Option<usize>) -> Result<String, PrepareError> {
-    let place = match line {
-        Some(l) => PathBuf::from(format!("{}:{l}", path.display())),
-        None => path.to_path_buf(),
-    };
+fn field(value: &serde_json::Value, key: &str, path: &Path) -> Result<String, PrepareError> {
     value
         .get(key)
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .ok_or_else(|| PrepareError::BadRecord { path: place, reason: format!("no string field `{key}`") })
+        .ok_or_else(|| PrepareError::BadRecord { path: path.to_path_buf(), reason: format!("no string field `{key}`") })
 }
 
-fn problem_from_json(value: &serde_json::Value, path: &Path, line: Option<usize>) -> Result<Problem, PrepareError> {
+fn problem_from_json(value: &serde_json::Value, path: &Path) -> Result<Problem, PrepareError> {
     Ok(Problem {
-        problem: field(value, "problem", path, line)?,
-        solution: field(value, "solution", path, line)?,
-        subject: field(value, "type", path, line)?,
-        level: field(value, "level", path, line)?,
+        problem: field(value, "problem", path)?,
+        solution: field(value, "solution", path)?,
+        subject: field(value, "type", path)?,
+        level: field(value, "level", path)?,
     })
 }
 
@@ -80,28 +77,19 @@ pub fn read_problems(source: &Path) -> Result<Vec<Problem>, PrepareError> {
                 std::fs::read_to_string(&path).map_err(|e| TaskFileError::Io { path: path.clone(), source: e })?;
             let value: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| PrepareError::BadRecord { path: path.clone(), reason: format!("not JSON: {e}") })?;
-            problems.push(problem_from_json(&value, &path, None)?);
-        }
-    } else if source.extension().is_some_and(|e| e == "jsonl") {
-        let text = std::fs::read_to_string(source).map_err(|e| TaskFileError::Io { path: source.into(), source: e })?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| PrepareError::BadRecord {
-                path: PathBuf::from(format!("{}:{}", source.display(), i + 1)),
-                reason: format!("not JSON: {e}"),
-            })?;
-            problems.push(problem_from_json(&value, source, Some(i + 1))?);
+            problems.push(problem_from_json(&value, &path)?);
         }
     } else {
-        use crate::data::task_files::{read_file, Columns};
-        // Read problem/solution as the pair, then type/level as a second pair.
-        let pairs = read_file(source, &Columns { prompt: "problem".into(), response: "solution".into() }, None)?;
-        let meta = read_file(source, &Columns { prompt: "type".into(), response: "level".into() }, None)?;
-        problems.extend(pairs.into_iter().zip(meta).map(|(p, m)| Problem {
-            problem: p.prompt,
-            solution: p.response,
-            subject: m.prompt,
-            level: m.response,
-        }));
+        // One .jsonl / .parquet / .arrow file, read as every other source is.
+        let columns = Columns { required: &["problem", "solution", "type", "level"], optional: &[] };
+        for row in read_rows(source, &[], &columns)? {
+            problems.push(Problem {
+                problem: row.required_text("problem")?,
+                solution: row.required_text("solution")?,
+                subject: row.required_text("type")?,
+                level: row.required_text("level")?,
+            });
+        }
     }
     if problems.is_empty() {
         let expected = "MATH problems: <root>/train/<subject>/*.json, or a .jsonl / .parquet file".into();

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::gsm8k::short_place;
 use super::local_dataset::{read_rows, Columns, Row};
 use super::PrepareError;
 use crate::data::task_files::Example;
@@ -85,7 +84,7 @@ pub fn read(source: &Path, opts: &Options) -> Result<Read, PrepareError> {
         }
         let example = example(&row, opts)?;
         let tag = match row.text("grade")? {
-            grade if grade.is_empty() => short_place(source, &row.place),
+            grade if grade.is_empty() => row.place_under(source),
             grade => grade,
         };
         read.tasks.entry(task_name(&group)).or_default().push((example, tag));
