@@ -74,6 +74,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<fomaml::train::preempt::Preempted>().is_some() => {
+            eprintln!("{e:#}");
+            ExitCode::from(fomaml::train::preempt::EXIT_PREEMPTED)
+        }
         Err(e) => {
             let message = format!("{e:#}");
             eprintln!("error: {message}");

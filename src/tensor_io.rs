@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use memmap2::{Mmap, UncheckedAdvice};
-use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo, TensorView, View};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo, TensorView};
+use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use crate::fsutil::write_atomically;
@@ -104,53 +105,68 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-struct HostTensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// Bytes of a tensor copied to the host per write: what a save holds beyond the state itself.
+pub const CHUNK_BYTES: usize = 16 << 20;
+
+/// The buffer between the writer and the file.
+pub const WRITE_BUFFER_BYTES: usize = 4 << 20;
+
+/// Writes `t`'s data (any device) as raw little-endian bytes, [`CHUNK_BYTES`] at a time through
+/// `buffer`: a tensor is never copied to the host whole.
+fn write_tensor_data(out: &mut impl std::io::Write, t: &Tensor, buffer: &mut Vec<u8>) -> Result<()> {
+    let flat = t.detach().contiguous().reshape([-1]);
+    let element = t.kind().elt_size_in_bytes();
+    let per_chunk = (CHUNK_BYTES / element).max(1) as i64;
+    let numel = flat.numel() as i64;
+    let mut at = 0;
+    while at < numel {
+        let n = per_chunk.min(numel - at);
+        let bytes = n as usize * element;
+        buffer.resize(bytes.max(buffer.len()), 0);
+        flat.narrow(0, at, n).f_copy_data_u8(&mut buffer[..bytes], n as usize)?;
+        out.write_all(&buffer[..bytes])?;
+        at += n;
+    }
+    Ok(())
 }
 
-impl View for &HostTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
+/// A writer that hashes what passes through it, so a file's sha256 costs no second read.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        (&self.bytes[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
-fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
-    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    let kind = t.kind();
-    let dtype = dtype_of(kind).with_context(|| format!("tensor `{name}`: dtype {kind:?} cannot be saved"))?;
-    let numel = t.numel();
-    let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut bytes, numel)?;
-    Ok(HostTensor { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), bytes })
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes named tensors to `path` atomically (temp file, fsync, rename): a reader sees the old file
-/// or the whole new one, never half of it.
+/// Writes named tensors (any device) to `path` atomically (temp file, fsync, rename): a reader sees
+/// the old file or the whole new one, never half of it. Streamed as [`write_safetensors_streamed`],
+/// in the order the safetensors crate lays tensors out (dtype, then name). Returns the file's sha256.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(&str, &Tensor)],
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let host: Vec<(String, HostTensor)> =
-        tensors.iter().map(|(n, t)| Ok((n.to_string(), to_host(n, t)?))).collect::<Result<_>>()?;
-    let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
-    let bytes = safetensors::tensor::serialize(views, metadata)
-        .with_context(|| format!("cannot serialise tensors for {}", path.display()))?;
-    write_atomically(path, |file| {
-        use std::io::Write;
-        file.write_all(&bytes)
-    })
+) -> Result<String> {
+    let mut ordered: Vec<&(&str, &Tensor)> = tensors.iter().collect();
+    let dtype = |t: &Tensor| dtype_of(t.kind()).unwrap_or(Dtype::U8);
+    ordered.sort_by(|(ln, lt), (rn, rt)| dtype(rt).cmp(&dtype(lt)).then(ln.cmp(rn)));
+    let specs: Vec<TensorSpec> = ordered
+        .iter()
+        .map(|(name, t)| TensorSpec { name: name.to_string(), kind: t.kind(), shape: t.size() })
+        .collect();
+    write_safetensors_streamed(path, &specs, metadata, |i| Ok(ordered[i].1.shallow_clone()))
 }
 
 /// Name, dtype and shape of a tensor that [`write_safetensors_streamed`] will be given.
@@ -164,13 +180,14 @@ pub struct TensorSpec {
 /// [`write_safetensors`]: the header is laid out from `specs`, then `produce(i)` is called for each
 /// spec in order and its bytes appended, so peak memory is one tensor rather than the whole model
 /// (a converted 8B model would otherwise be held twice over). A produced tensor whose dtype or
-/// shape differs from its spec is an error.
+/// shape differs from its spec is an error. Each tensor is copied to the host [`CHUNK_BYTES`] at a
+/// time and hashed as it is written; returns the file's sha256.
 pub fn write_safetensors_streamed(
     path: &Path,
     specs: &[TensorSpec],
     metadata: Option<HashMap<String, String>>,
     mut produce: impl FnMut(usize) -> Result<Tensor>,
-) -> Result<()> {
+) -> Result<String> {
     let mut infos = Vec::with_capacity(specs.len());
     let mut offset = 0usize;
     for spec in specs {
@@ -189,13 +206,15 @@ pub fn write_safetensors_streamed(
 
     // write_atomically's closure speaks io::Error; the producer's own error is kept aside whole.
     let mut failure = None;
+    let mut digest = String::new();
     let written = write_atomically(path, |file| {
         use std::io::Write;
-        let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
+        let mut out = Hashing { inner: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), hasher: Sha256::new() };
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
+        let mut buffer = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            let host = produce(i).and_then(|t| {
+            let data = produce(i).and_then(|t| {
                 anyhow::ensure!(
                     t.kind() == spec.kind && t.size() == spec.shape,
                     "tensor `{}` is {:?} {:?}, declared {:?} {:?}",
@@ -205,20 +224,78 @@ pub fn write_safetensors_streamed(
                     spec.kind,
                     spec.shape
                 );
-                to_host(&spec.name, &t)
+                write_tensor_data(&mut out, &t, &mut buffer)
+                    .with_context(|| format!("tensor `{}`", spec.name))
             });
-            match host {
-                Ok(host) => out.write_all(&host.bytes)?,
-                Err(e) => {
-                    failure = Some(e);
-                    return Err(std::io::Error::other("tensor production failed"));
-                }
+            if let Err(e) = data {
+                failure = Some(e);
+                return Err(std::io::Error::other("tensor production failed"));
             }
         }
-        out.flush()
+        out.flush()?;
+        digest = hex(&out.hasher.finalize());
+        Ok(())
     });
     match failure {
         Some(e) => Err(e.context(format!("cannot write {}", path.display()))),
-        None => written,
+        None => written.map(|()| digest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the safetensors crate itself writes, as the reference for the streamed writer.
+    struct Reference(Dtype, Vec<usize>, Vec<u8>);
+
+    impl safetensors::View for &Reference {
+        fn dtype(&self) -> Dtype {
+            self.0
+        }
+        fn shape(&self) -> &[usize] {
+            &self.1
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            (&self.2[..]).into()
+        }
+        fn data_len(&self) -> usize {
+            self.2.len()
+        }
+    }
+
+    #[test]
+    fn the_streamed_writer_writes_the_safetensors_crates_bytes_and_their_sha256() {
+        // Mixed dtypes (the crate orders by dtype, then name), a non-contiguous view, a tensor
+        // larger than one chunk, an empty one.
+        let big = (CHUNK_BYTES / 4 + 3) as i64;
+        let tensors = [
+            ("b", Tensor::randn([3, 5], (Kind::Float, tch::Device::Cpu)).transpose(0, 1)),
+            ("a", Tensor::arange(7, (Kind::Int64, tch::Device::Cpu))),
+            ("c", Tensor::randn([big], (Kind::Float, tch::Device::Cpu))),
+            ("d", Tensor::randn([4], (Kind::BFloat16, tch::Device::Cpu))),
+            ("e", Tensor::zeros([0, 2], (Kind::Float, tch::Device::Cpu))),
+        ];
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let sha = write_safetensors(&path, &refs, Some(metadata.clone())).unwrap();
+
+        let reference: Vec<(&str, Reference)> = tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = t.contiguous();
+                let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+                t.copy_data_u8(&mut bytes, t.numel());
+                let shape = t.size().iter().map(|&d| d as usize).collect();
+                (*n, Reference(dtype_of(t.kind()).unwrap(), shape, bytes))
+            })
+            .collect();
+        let views: Vec<(&str, &Reference)> = reference.iter().map(|(n, r)| (*n, r)).collect();
+        let expected = safetensors::tensor::serialize(views, Some(metadata)).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert!(written == expected, "the streamed file differs from safetensors::serialize's");
+        assert_eq!(sha, hex(&Sha256::digest(&expected)));
     }
 }

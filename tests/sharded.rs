@@ -295,11 +295,52 @@ fn rank_of(pid: u32) -> Option<String> {
     environ.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(b"RANK=").map(|r| String::from_utf8_lossy(r).into_owned()))
 }
 
+/// Both runs ended with the same θ and optimizer state at `step`, file by file, and logged the
+/// same metrics (timings aside).
+fn assert_same_end(a: &Path, b: &Path, step: u64) {
+    let last = checkpoint::step_dir_name(step);
+    for rank in 0..2 {
+        let file = checkpoint::shards::rank_file(rank);
+        let read = |run: &Path| std::fs::read(run.join("checkpoints").join(&last).join(&file)).unwrap();
+        assert!(read(a) == read(b), "{file} of {} differs from {}'s", b.display(), a.display());
+    }
+    let timing = |r: &(u64, String, f64)| !r.1.starts_with("perf/");
+    let a_losses: Vec<_> = losses(a).into_iter().filter(timing).collect();
+    let b_losses: Vec<_> = losses(b).into_iter().filter(timing).collect();
+    assert_eq!(a_losses, b_losses, "metrics of {} differ from {}'s", b.display(), a.display());
+}
+
+fn spawn_launcher(nproc: usize, extra: &[&str], config: &Path) -> std::process::Child {
+    launcher_args(nproc, extra)
+        .arg("--")
+        .args([env!("CARGO_BIN_EXE_fomaml"), "train", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_checkpoint(launcher: &mut std::process::Child, run_dir: &Path, step: u64) {
+    let started = std::time::Instant::now();
+    while !run_dir.join("checkpoints").join(checkpoint::step_dir_name(step)).exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint of step {step} after 120 s");
+        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn rank_pid(launcher: &std::process::Child, rank: &str) -> u32 {
+    let pid = children(launcher.id()).into_iter().find(|pid| rank_of(*pid).as_deref() == Some(rank));
+    pid.unwrap_or_else(|| panic!("rank {rank} is running"))
+}
+
 /// Issue: kill -9 one rank mid-run; the launcher restarts the group, which resumes from the last
 /// checkpoint and ends with the same θ (bit for bit: same world size, fixed summation order) and
-/// the same logged metrics as an uninterrupted run.
+/// the same logged metrics as an uninterrupted run. And a preemption signal to one rank alone:
+/// every rank stops after the same meta-step, saved; the launcher exits with code 75, and the
+/// same command resumes to the same end.
 #[test]
-fn a_rank_killed_mid_run_is_restarted_and_the_run_ends_as_if_uninterrupted() {
+fn interrupted_runs_end_as_if_uninterrupted() {
     let mut run = small_run(Algorithm::Fomaml, false);
     // Same world size, same order of operations: bit for bit in the default fp32.
     run.config.model.dtype = "f32".into();
@@ -309,39 +350,80 @@ fn a_rank_killed_mid_run_is_restarted_and_the_run_ends_as_if_uninterrupted() {
 
     let config = write_config(&run, "killed");
     let killed = run.run_dir("killed");
-    let fomaml = env!("CARGO_BIN_EXE_fomaml");
-    let mut launcher = launcher_args(2, &["--max-restarts", "1", "--"])
-        .args([fomaml, "train", "--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !killed.join("checkpoints").join(checkpoint::step_dir_name(10)).exists() {
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint after 120 s");
-        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let rank1 = children(launcher.id()).into_iter().find(|pid| rank_of(*pid).as_deref() == Some("1"));
-    let rank1 = rank1.expect("rank 1 is running");
+    let mut launcher = spawn_launcher(2, &["--max-restarts", "1"], &config);
+    wait_for_checkpoint(&mut launcher, &killed, 10);
+    let rank1 = rank_pid(&launcher, "1");
     assert!(Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap().success());
     assert!(!killed.join("checkpoints").join(checkpoint::step_dir_name(60)).exists(), "finished before the kill");
     let out = launcher.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the restarted group failed:\n{stderr}");
     assert!(stderr.contains("restarting the group") && stderr.contains("resuming from"), "{stderr}");
+    assert_same_end(&run.run_dir("uninterrupted"), &killed, 60);
 
-    let final_step = checkpoint::step_dir_name(60);
-    for rank in 0..2 {
-        let file = checkpoint::shards::rank_file(rank);
-        let a = std::fs::read(run.run_dir("uninterrupted").join("checkpoints").join(&final_step).join(&file));
-        let b = std::fs::read(killed.join("checkpoints").join(&final_step).join(&file));
-        assert!(a.unwrap() == b.unwrap(), "{file} differs from the uninterrupted run's");
-    }
-    let timing = |r: &(u64, String, f64)| !r.1.starts_with("perf/");
-    let a: Vec<_> = losses(&run.run_dir("uninterrupted")).into_iter().filter(timing).collect();
-    let b: Vec<_> = losses(&killed).into_iter().filter(timing).collect();
-    assert_eq!(a, b, "metrics differ from the uninterrupted run");
+    let config = write_config(&run, "preempted");
+    let preempted = run.run_dir("preempted");
+    let mut launcher = spawn_launcher(2, &[], &config);
+    wait_for_checkpoint(&mut launcher, &preempted, 10);
+    let rank0 = rank_pid(&launcher, "0");
+    assert!(Command::new("kill").args(["-USR1", &rank0.to_string()]).status().unwrap().success());
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(fomaml::train::preempt::EXIT_PREEMPTED as i32), "{stderr}");
+    assert!(stderr.contains("on SIGUSR1") && stderr.contains("on a signal to another rank"), "{stderr}");
+    assert!(stderr.contains("saved a checkpoint and stopped on request"), "{stderr}");
+    let stopped = checkpoint::newest(&preempted.join("checkpoints")).unwrap().unwrap();
+    let step = checkpoint::read_meta(&stopped).unwrap().step;
+    assert!(step < 60, "stopped only at the end");
+    assert_eq!(losses(&preempted).last().unwrap().0, step, "the last logged step is the one saved");
+    launch(2, &config, &[]);
+    assert_same_end(&run.run_dir("uninterrupted"), &preempted, 60);
+}
+
+/// Two "nodes" on one machine whose run directories differ (as on hosts without a shared file
+/// system): the run stops at start, within seconds, saying what it needs.
+#[test]
+fn nodes_that_do_not_share_the_run_directory_stop_at_start() {
+    let run = small_run(Algorithm::Fomaml, false);
+    let config = write_config(&run, "node0");
+    let node = |rank: usize, port: u16, dir: &str| {
+        let mut cmd = Command::new(launcher());
+        let (rank, port) = (rank.to_string(), port.to_string());
+        cmd.args(["--nnodes", "2", "--node-rank", &rank, "--nproc", "1", "--master-addr", "127.0.0.1"]);
+        cmd.args(["--master-port", &port, "--rdzv-id", "fs-check", "--"]);
+        cmd.args([env!("CARGO_BIN_EXE_fomaml"), "train", "--config", config.to_str().unwrap()]);
+        cmd.arg(format!("trainer.default_local_dir={}", run.run_dir(dir).display()));
+        cmd.env("FOMAML_COLLECTIVE_TIMEOUT_S", "300").stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let mut node0 = node(0, 0, "node0").spawn().unwrap();
+    // Node 0 reports the free port its store took.
+    let mut stderr0 = std::io::BufReader::new(node0.stderr.take().unwrap());
+    let mut seen = String::new();
+    let port = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr0, &mut line).unwrap() > 0, "node 0 ended:\n{seen}");
+        seen.push_str(&line);
+        if let Some(at) = line.trim().strip_prefix("fomaml-launch: the store listens on ") {
+            break at.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+        }
+    };
+    let node1 = node(1, port, "node1").output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr0, &mut rest).unwrap();
+    let status0 = node0.wait().unwrap();
+    let (stderr0, stderr1) = (seen + &rest, String::from_utf8_lossy(&node1.stderr).into_owned());
+    assert!(!status0.success() && !node1.status.success(), "node 0:\n{stderr0}\nnode 1:\n{stderr1}");
+    assert!(
+        stderr1.contains("rank 1 (host") && stderr1.contains("cannot read") && stderr1.contains("shared-fs-token"),
+        "{stderr1}"
+    );
+    assert!(stderr0.contains("rank 1 cannot see the run directory rank 0 created"), "{stderr0}");
+    assert!(stderr0.contains("file system every node mounts at the same path"), "{stderr0}");
+    // Well inside the collective timeout (300 s): nothing waited for it.
+    assert!(started.elapsed().as_secs() < 60, "took {:?}", started.elapsed());
 }
 
 /// What a new user meets: a rank that fails on start is reported with its own message first and

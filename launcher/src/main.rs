@@ -90,7 +90,9 @@ pub struct Args {
     /// Seconds between checks of the workers.
     #[arg(long, alias = "monitor_interval", default_value_t = 0.1)]
     pub monitor_interval: f64,
-    /// Seconds a worker gets between SIGTERM and SIGKILL when the group is stopped.
+    /// Seconds a worker gets between SIGTERM and SIGKILL when the group is stopped (after a failure, or a
+    /// second signal). The first SIGINT, SIGTERM, SIGUSR1 or SIGUSR2 is passed on instead, and the
+    /// workers get the time to save and stop (exit code 75, which this launcher then exits with).
     #[arg(long, default_value_t = 10.0)]
     pub stop_grace: f64,
     /// Directory for <run_id>/attempt_<k>/<rank>/{stdout,stderr}.log and error.json (rank = local
@@ -222,6 +224,11 @@ fn supervise(args: &Args, run_id: &str, rdzv: &mut Rendezvous, attempt: &mut u32
             workers::Outcome::Succeeded => {
                 rdzv.succeeded(*attempt, &signals);
                 return Ok(0);
+            }
+            workers::Outcome::Preempted => {
+                eprintln!("fomaml-launch: the workers saved a checkpoint and stopped on request; run the same command again to resume");
+                rdzv.succeeded(*attempt, &signals);
+                return Ok(fomaml_store::EXIT_PREEMPTED as i32);
             }
             workers::Outcome::Signalled(sig) => {
                 eprintln!("fomaml-launch: received signal {sig}; workers stopped");

@@ -31,6 +31,9 @@ pub enum Outcome {
     /// Failures in the order they were observed; the first is the root cause.
     Failed(Vec<Failure>),
     Signalled(i32),
+    /// Every worker ended, some having saved and stopped on request (exit code
+    /// [`fomaml_store::EXIT_PREEMPTED`]), none failing.
+    Preempted,
     /// Another node failed (or its news could not be had); why.
     Stopped(String),
 }
@@ -42,7 +45,12 @@ struct Worker {
     error_file: PathBuf,
     stderr_log: Option<PathBuf>,
     done: bool,
+    preempted: bool,
 }
+
+/// The signals a trainer answers by finishing its step and saving: the first one the launcher
+/// receives is passed on and the workers get the time to do so; any later one stops them.
+const GRACEFUL: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2];
 
 pub struct Group {
     workers: Vec<Worker>,
@@ -60,7 +68,7 @@ extern "C" fn remember_signal(sig: libc::c_int) {
 pub struct Signals;
 
 pub fn install_signal_forwarding() -> Result<Signals> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
         let previous = unsafe { libc::signal(sig, remember_signal as *const () as libc::sighandler_t) };
         if previous == libc::SIG_ERR {
@@ -200,47 +208,58 @@ impl Group {
                 group.pumps.push(tee(err, File::create(log("stderr.log"))?, rank, true));
             }
             let stderr_log = want_file(2).then(|| log("stderr.log"));
-            group.workers.push(Worker { local_rank, rank, child, error_file, stderr_log, done: false });
+            group.workers.push(Worker { local_rank, rank, child, error_file, stderr_log, done: false, preempted: false });
         }
         Ok(group)
     }
 
-    /// Waits until every worker succeeded, one failed, the launcher got a signal, or
-    /// `peer_stopped` gives a reason to stop (another node failed).
+    /// Waits until every worker succeeded (or saved and stopped on request), one failed, the
+    /// launcher got a signal that stops them, or `peer_stopped` gives a reason to stop (another
+    /// node failed).
     pub fn watch(
         &mut self,
         interval: Duration,
         signals: &Signals,
         mut peer_stopped: impl FnMut() -> Option<String>,
     ) -> Outcome {
+        let mut forwarded = None;
         loop {
             if let Some(sig) = signals.take() {
                 self.signal_all(sig);
-                return Outcome::Signalled(sig);
+                if forwarded.is_some() || !GRACEFUL.contains(&sig) {
+                    return Outcome::Signalled(sig);
+                }
+                eprintln!("fomaml-launch: received signal {sig}; passed on to the workers, waiting for them to save and stop");
+                forwarded = Some(sig);
             }
             let mut failures = Vec::new();
             for w in self.workers.iter_mut().filter(|w| !w.done) {
-                if let Ok(Some(status)) = w.child.try_wait() {
-                    w.done = true;
-                    if !status.success() {
-                        failures.push(Failure {
-                            local_rank: w.local_rank,
-                            rank: w.rank,
-                            pid: w.child.id(),
-                            exit_code: status.code(),
-                            signal: status.signal(),
-                            time: SystemTime::now(),
-                            error_file: w.error_file.clone(),
-                            stderr_log: w.stderr_log.clone(),
-                        });
-                    }
+                let Ok(Some(status)) = w.child.try_wait() else { continue };
+                w.done = true;
+                w.preempted = status.code() == Some(fomaml_store::EXIT_PREEMPTED as i32);
+                if !status.success() && !w.preempted {
+                    failures.push(Failure {
+                        local_rank: w.local_rank,
+                        rank: w.rank,
+                        pid: w.child.id(),
+                        exit_code: status.code(),
+                        signal: status.signal(),
+                        time: SystemTime::now(),
+                        error_file: w.error_file.clone(),
+                        stderr_log: w.stderr_log.clone(),
+                    });
                 }
             }
-            if !failures.is_empty() {
-                return Outcome::Failed(failures);
+            match (failures.is_empty(), forwarded) {
+                (false, Some(sig)) => return Outcome::Signalled(sig),
+                (false, None) => return Outcome::Failed(failures),
+                (true, _) => {}
             }
             if self.workers.iter().all(|w| w.done) {
-                return Outcome::Succeeded;
+                return match self.workers.iter().any(|w| w.preempted) {
+                    true => Outcome::Preempted,
+                    false => Outcome::Succeeded,
+                };
             }
             if let Some(why) = peer_stopped() {
                 return Outcome::Stopped(why);

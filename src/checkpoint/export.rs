@@ -109,7 +109,7 @@ pub fn export_hf(checkpoint_dir: &Path, out: &Path, kind: Kind, merge: bool, for
         let refs: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (*n, t)).collect();
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("format".to_string(), "pt".to_string());
-        write_safetensors(&dir.join("model.safetensors"), &refs, Some(metadata))
+        write_safetensors(&dir.join("model.safetensors"), &refs, Some(metadata)).map(drop)
     };
     if !is_lora {
         let cast: Vec<(&str, Tensor)> = names.iter().map(|n| (*n, tensors[n].to_kind(kind))).collect();

@@ -23,7 +23,7 @@ use tch::Tensor;
 
 use crate::distributed::layout::Layout;
 use crate::fsutil::write_atomically;
-use crate::tensor_io::{read_safetensors, write_safetensors, MappedSafetensors};
+use crate::tensor_io::{hex, read_safetensors, write_safetensors, MappedSafetensors};
 
 pub const META_FILE: &str = "meta.json";
 pub const LATEST_FILE: &str = "latest";
@@ -95,7 +95,7 @@ fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Writes `files` (file name → named tensors) and `meta` as `<root>/step_<meta.step>`, points
@@ -134,12 +134,10 @@ pub fn begin(root: &Path, step: u64) -> Result<PathBuf, CheckpointError> {
     Ok(tmp)
 }
 
-/// Writes one safetensors file into a staging directory; returns its sha256.
+/// Writes one safetensors file into a staging directory, streamed from the tensors' own device
+/// (a chunk at a time) and hashed as written; returns its sha256.
 pub fn write_file(tmp: &Path, file: &str, tensors: &[(&str, &Tensor)]) -> Result<String, CheckpointError> {
-    let path = tmp.join(file);
-    write_safetensors(&path, tensors, None).map_err(CheckpointError::Write)?;
-    fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
-    sha256_file(&path)
+    write_safetensors(&tmp.join(file), tensors, None).map_err(CheckpointError::Write)
 }
 
 /// Writes `meta` (whose `files` lists every file staged) into the staging directory, renames it to

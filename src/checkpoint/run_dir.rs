@@ -7,6 +7,9 @@
 //!   place leave the checkpoint folder: the later steps of a run resumed from an older step (they
 //!   move to `abandoned/`), and, when asked, an earlier run's checkpoints and metrics (to
 //!   `archived/`), both where `resume_mode: auto` never looks. Nothing is deleted.
+//! - [`SharedToken`]: on several ranks, rank 0 writes a token with a fresh nonce into the run
+//!   directory and every rank reads it back, so a run without a file system shared by its nodes
+//!   stops at start, saying what it needs, rather than failing its first save.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -69,6 +72,59 @@ impl Drop for RunLock {
         // Cleared, so the next trainer does not report a takeover after a clean exit.
         let _ = self.file.set_len(0);
         // Closing the file releases the lock.
+    }
+}
+
+const TOKEN_FILE: &str = ".shared-fs-token";
+
+/// The token rank 0 leaves in the run directory for the others to read back.
+pub struct SharedToken {
+    pub nonce: [u8; 32],
+}
+
+impl SharedToken {
+    /// A nonce no earlier run wrote: a token left behind by one cannot pass the check.
+    pub fn new(run_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let seed = format!("{run_id} {} {} {}", hostname(), std::process::id(), now.as_nanos());
+        let digest = Sha256::digest(seed.as_bytes());
+        let mut nonce = [0u8; 32];
+        // Printable, so the file reads as text.
+        for (n, d) in nonce.iter_mut().zip(super::hex(&digest).bytes()) {
+            *n = d;
+        }
+        Self { nonce }
+    }
+
+    /// Rank 0: writes the token (with who wrote it, for the error message of a rank that finds
+    /// another).
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        let text = format!("{}\nwritten by rank 0 on host {}\n", String::from_utf8_lossy(&self.nonce), hostname());
+        crate::fsutil::write_atomically(&run_dir.join(TOKEN_FILE), |f| f.write_all(text.as_bytes()))
+    }
+
+    /// Any other rank: whether it sees rank 0's token; `Err` says what it sees instead.
+    pub fn check(&self, run_dir: &Path, rank: usize) -> Result<(), String> {
+        let path = run_dir.join(TOKEN_FILE);
+        let here = hostname();
+        match fs::read_to_string(&path) {
+            Ok(text) if text.as_bytes().starts_with(&self.nonce) => Ok(()),
+            Ok(_) => Err(format!(
+                "rank {rank} (host {here}) finds another run's {} there, not the one rank 0 just wrote",
+                path.display()
+            )),
+            Err(e) => Err(format!("rank {rank} (host {here}) cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// What a run without a shared run directory is told.
+    pub fn requirement(run_dir: &Path) -> String {
+        format!(
+            "every rank writes its part of each checkpoint into {}, so the run directory must be on a file \
+             system every node mounts at the same path (NFS, Lustre, GPFS, ...): set trainer.default_local_dir to such a path",
+            run_dir.display()
+        )
     }
 }
 

@@ -92,7 +92,7 @@ pub fn run(args: &ImportGgufArgs) -> Result<()> {
             Ok(t)
         });
         bar.finish_and_clear();
-        written
+        written.map(drop)
     })
     .with_context(|| format!("importing {}", args.file.display()))?;
 

@@ -83,6 +83,15 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     let capacity = gib(gpu.memory_bytes);
     let verdict = if p.total_bytes <= gpu.memory_bytes { "fits" } else { "does NOT fit" };
     println!("| **total** | **{:.2}** | {verdict} in {capacity:.1} GiB |", gib(p.total_bytes));
+    let save = match config.checkpoint.async_save {
+        true => "asynchronous",
+        false => "synchronous",
+    };
+    println!(
+        "\nhost memory per rank while a checkpoint is saved ({save}): {:.2} GiB{}",
+        gib(p.save_host_bytes),
+        if p.save_copy_on_host { " (its copy of θ and the moments)" } else { " (streamed in chunks)" }
+    );
     let seconds = p.seconds_per_step.expect("a GPU was given");
     let steps = config.trainer.total_steps as f64;
     println!(

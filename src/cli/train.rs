@@ -57,6 +57,7 @@ impl TrainArgs {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config_file = args.config_file();
     let config = super::load_config(&config_file, &args.overrides)?;
+    crate::train::preempt::install(&config.trainer.preempt_signals)?;
     let summary = Trainer::new(config)
         .and_then(|t| t.run_until(args.stop_at_step))
         .with_context(|| format!("training {}", config_file.display()))?;

@@ -59,6 +59,30 @@ pub enum NanPolicy {
     Abort,
 }
 
+/// A signal the trainer treats as a request to save and stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreemptSignal {
+    #[serde(rename = "SIGTERM")]
+    Sigterm,
+    #[serde(rename = "SIGUSR1")]
+    Sigusr1,
+    #[serde(rename = "SIGUSR2")]
+    Sigusr2,
+    #[serde(rename = "SIGHUP")]
+    Sighup,
+}
+
+impl PreemptSignal {
+    pub fn number(self) -> i32 {
+        match self {
+            PreemptSignal::Sigterm => libc::SIGTERM,
+            PreemptSignal::Sigusr1 => libc::SIGUSR1,
+            PreemptSignal::Sigusr2 => libc::SIGUSR2,
+            PreemptSignal::Sighup => libc::SIGHUP,
+        }
+    }
+}
+
 /// When θ is sharded FSDP-style across ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -262,6 +286,10 @@ pub struct TrainerSection {
     pub sharding: Sharding,
     /// The communicator: auto (NCCL on GPUs, the CPU backend otherwise), nccl (also on one rank), cpu.
     pub backend: crate::distributed::Backend,
+    /// Signals that ask the run to stop cleanly (a cluster's preemption warning): the meta-step
+    /// finishes, a checkpoint is saved, and the trainer exits with code 75. SIGINT (Ctrl-C) always
+    /// does the same; a second SIGINT stops at once.
+    pub preempt_signals: Vec<PreemptSignal>,
 }
 
 impl Default for TrainerSection {
@@ -279,6 +307,7 @@ impl Default for TrainerSection {
             num_threads: None,
             sharding: Sharding::Auto,
             backend: crate::distributed::Backend::Auto,
+            preempt_signals: vec![PreemptSignal::Sigterm, PreemptSignal::Sigusr1],
         }
     }
 }
@@ -296,6 +325,10 @@ pub struct CheckpointSection {
     /// A fresh run in a run directory holding another run's checkpoints moves them and its
     /// metrics to `checkpoints/archived/` (false: the run is refused).
     pub archive_previous: bool,
+    /// Training waits only for a copy of the state (on the device when it fits, else in host
+    /// memory); a background thread writes it. Falls back to a synchronous save, with a notice,
+    /// when the copy would not fit.
+    pub async_save: bool,
 }
 
 impl Default for CheckpointSection {
@@ -307,6 +340,7 @@ impl Default for CheckpointSection {
             resume_path: None,
             save_final: true,
             archive_previous: false,
+            async_save: true,
         }
     }
 }

@@ -246,7 +246,7 @@ pub fn write_model(dir: &Path, config: &Json, seed: u64) -> Result<()> {
         })
         .collect();
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    crate::tensor_io::write_safetensors(&dir.join("model.safetensors"), &refs, None)
+    crate::tensor_io::write_safetensors(&dir.join("model.safetensors"), &refs, None).map(drop)
 }
 
 #[cfg(test)]

@@ -183,10 +183,8 @@ fn scalar_event(wall_time: f64, step: i64, tag: &str, value: f32) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::metrics::crc32c::masked_crc32c;
+    use crate::tensor_io::hex;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
 
     /// Splits TFRecord framing back into payloads, checking both CRCs; stops at a torn tail.
     fn read_records(mut bytes: &[u8]) -> Vec<Vec<u8>> {

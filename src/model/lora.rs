@@ -115,7 +115,7 @@ impl LoraConfig {
         let renamed: Vec<(String, Tensor)> =
             adapter.iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t.to_kind(Kind::Float))).collect();
         let refs: Vec<(&str, &Tensor)> = renamed.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        crate::tensor_io::write_safetensors(&dir.join("adapter_model.safetensors"), &refs, None)
+        crate::tensor_io::write_safetensors(&dir.join("adapter_model.safetensors"), &refs, None).map(drop)
     }
 
     /// Base weights with the adapter merged in: W + (alpha / r) · B A for every adapted linear.

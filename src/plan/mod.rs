@@ -60,6 +60,12 @@ pub struct Plan {
     pub lines: Vec<Line>,
     /// θ + update direction + optimizer state per rank: what `perf/rank_state_mib` measures.
     pub rank_state_bytes: f64,
+    /// Host memory a rank holds while it saves a checkpoint: a chunk when the save streams from θ
+    /// (or from a copy on the GPU), the whole saved state when the asynchronous copy must be in
+    /// host memory.
+    pub save_host_bytes: f64,
+    /// Whether that copy is in host memory (it did not fit on the GPU).
+    pub save_copy_on_host: bool,
     pub total_bytes: f64,
     pub trainable: i64,
     pub frozen: i64,
@@ -176,7 +182,27 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
         bytes: work.overhead_bytes,
         note: "assumed".into(),
     });
-    let total_bytes = lines.iter().map(|l| l.bytes).sum();
+    let mut total_bytes: f64 = lines.iter().map(|l| l.bytes).sum();
+    // A save writes θ and the moments; asynchronous, from a copy: on the GPU when it fits there
+    // (as the trainer decides, by trying), else in host memory.
+    let saved = w * shard * if adam { 3.0 } else { 1.0 };
+    let streaming = (crate::tensor_io::CHUNK_BYTES + crate::tensor_io::WRITE_BUFFER_BYTES) as f64;
+    let capacity = gpu.map_or(f64::INFINITY, |g| g.memory_bytes);
+    let mut save_copy_on_host = false;
+    let save_host_bytes = match config.checkpoint.async_save {
+        true if total_bytes + saved <= capacity => {
+            lines.push(Line { what: "checkpoint copy (async save)", bytes: saved, note: "θ + moments, while written".into() });
+            total_bytes += saved;
+            streaming
+        }
+        true => {
+            let note = "no room: the copy goes to host memory".into();
+            lines.push(Line { what: "checkpoint copy (async save)", bytes: 0.0, note });
+            save_copy_on_host = true;
+            saved + streaming
+        }
+        false => streaming,
+    };
 
     // FLOPs: forward 2N, the boundary recomputation 2N, backward 4N (2N without weight gradients
     // for a frozen base) per token; causal attention 2·L·s·d per token per forward pass.
@@ -191,6 +217,8 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     Ok(Plan {
         lines,
         rank_state_bytes,
+        save_host_bytes,
+        save_copy_on_host,
         total_bytes,
         trainable: trainable.numel(),
         frozen: frozen.numel(),
@@ -224,5 +252,30 @@ mod tests {
         assert!(adapter.trainable > 0 && adapter.trainable < 100_000_000);
         assert!(adapter.rank_state_bytes < one.rank_state_bytes / 50.0);
         assert!(adapter.seconds_per_step.is_none());
+    }
+
+    /// The asynchronous save's copy (θ + two moments, 12 bytes per parameter of a rank's shard)
+    /// is counted on the GPU where it fits, else in host memory; a synchronous save holds only
+    /// its chunks.
+    #[test]
+    fn a_save_counts_its_copy_where_it_will_be() {
+        let model = ModelConfig::from_json(include_str!("../../configs/models/qwen3-4b.json")).unwrap();
+        let config = Config::from_yaml(include_str!("../../configs/qwen3_4b_math.yaml"), "qwen3", &[]).unwrap();
+        let work = Workload { gpus: 4, seq_len: 512, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0 };
+        let copy = |p: &Plan| p.lines.iter().find(|l| l.what.starts_with("checkpoint copy")).map(|l| l.bytes);
+        let saved = 12.0 * 4_022_468_096.0 / 4.0;
+        let roomy = plan(&config, &model, &work, gpu("h200")).unwrap();
+        assert!((copy(&roomy).unwrap() / saved - 1.0).abs() < 1e-3, "{:?}", copy(&roomy));
+        assert!(!roomy.save_copy_on_host && roomy.save_host_bytes < 64.0 * (1 << 20) as f64);
+
+        let tight = plan(&config, &model, &Workload { seq_len: 4096, ..work.clone() }, gpu("a100-40gb")).unwrap();
+        assert_eq!(copy(&tight), Some(0.0));
+        assert!(tight.save_copy_on_host && (tight.save_host_bytes / saved - 1.0).abs() < 0.01);
+
+        let mut synchronous = config.clone();
+        synchronous.checkpoint.async_save = false;
+        let streamed = plan(&synchronous, &model, &work, gpu("h200")).unwrap();
+        assert_eq!(copy(&streamed), None);
+        assert!(streamed.save_host_bytes < 64.0 * (1 << 20) as f64);
     }
 }

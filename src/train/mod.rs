@@ -7,6 +7,8 @@
 //! writes logs; every rank writes its slice of each checkpoint.
 
 mod console;
+pub mod preempt;
+mod saving;
 pub mod setup;
 
 use std::collections::BTreeMap;
@@ -18,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::checkpoint::run_dir::{settle_lineage, RunLock, Start};
-use crate::checkpoint::shards::{rank_file, read_shard, read_whole, state_name};
-use crate::checkpoint::{self, CheckpointMeta, CheckpointReader};
+use crate::checkpoint::shards::{read_shard, read_whole};
+use crate::checkpoint::{self, CheckpointReader};
 use crate::cli::device_for_rank;
 use crate::config::schema::{Algorithm, NanPolicy, ResumeMode, Sharding};
 use crate::config::Config;
@@ -77,6 +79,9 @@ pub struct Trainer {
     console: Console,
     resumed_from: Option<PathBuf>,
     last_record: Option<Record>,
+    /// A checkpoint written, or being written in the background, and not yet committed.
+    pending_save: Option<saving::PendingSave>,
+    noted_synchronous_save: bool,
     /// This rank's place in the run (a single rank without a launcher). Declared last: the
     /// store it may host outlives everything that talks to it.
     dist: Dist,
@@ -126,9 +131,14 @@ impl Trainer {
             console,
             resumed_from: None,
             last_record: None,
+            pending_save: None,
+            noted_synchronous_save: false,
             config,
             dist,
         };
+        if trainer.dist.world_size > 1 {
+            trainer.check_shared_run_dir()?;
+        }
         trainer.resume()?;
         if trainer.dist.is_main() {
             trainer.sinks = setup::sinks(&trainer.config, &trainer.run_dir, trainer.step)?;
@@ -155,7 +165,6 @@ impl Trainer {
     pub fn run_until(mut self, stop_at: Option<u64>) -> Result<TrainSummary> {
         let total = self.config.trainer.total_steps as u64;
         let end = stop_at.map_or(total, |s| s.min(total));
-        std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
         if self.dist.is_main() {
             crate::fsutil::write_atomically(&self.run_dir.join("config.yaml"), |f| {
                 std::io::Write::write_all(f, self.config.to_yaml().as_bytes())
@@ -209,36 +218,33 @@ impl Trainer {
             let mut scalars = step_metrics(&outcomes, grad_norm);
             scalars.push(("lr".into(), self.optimizer.base_lr() * lr_factor));
             scalars.push(("meta/skipped_steps".into(), self.skipped_steps as f64));
-            let tokens: i64 = outcomes.iter().map(|o| o.tokens).sum();
-            scalars.push(("perf/tokens".into(), tokens as f64));
-            scalars.push(("perf/tokens_per_s".into(), tokens as f64 / seconds));
-            scalars.push(("perf/step_time_s".into(), seconds));
-            scalars.push(("perf/rank_state_mib".into(), state_mib));
-            if let Some(peak) = peak_rss_bytes() {
-                scalars.push(("perf/peak_rss_mib".into(), peak as f64 / (1 << 20) as f64));
-            }
-            if let Device::Cuda(ordinal) = self.learner.device {
-                // The caching allocator keeps what a step needed, so in-use at the end of a step is
-                // its peak (plus the context); the report takes the max over steps.
-                if let Ok(bytes) = cuda::memory_in_use(ordinal) {
-                    scalars.push(("perf/peak_gpu_mib".into(), bytes as f64 / (1 << 20) as f64));
-                }
-            }
+            scalars.extend(self.perf_metrics(&outcomes, seconds, state_mib));
             let freq = self.config.trainer.test_freq as u64;
             if freq > 0 && (self.step % freq == 0 || self.step == total) {
                 scalars.extend(self.evaluate().map_err(|e| self.comm_failure(e))?);
             }
-            let record = Record { step: self.step, scalars };
-            self.log(&record)?;
             let save_freq = self.config.checkpoint.save_freq as u64;
             let final_step = self.step == end && self.config.checkpoint.save_final;
+            let mut saved_now = None;
             if final_step || (save_freq > 0 && self.step % save_freq == 0) {
-                last_checkpoint = Some(self.save()?);
+                // Asynchronous, training waits only for a copy of the state.
+                let stall = Instant::now();
+                saved_now = Some(self.save()?);
+                scalars.push(("perf/save_stall_s".into(), stall.elapsed().as_secs_f64()));
+                last_checkpoint = saved_now.clone();
+            }
+            self.log(&Record { step: self.step, scalars })?;
+
+            // 5. A stop request on any rank (preemption), and a background save every rank has
+            // finished writing, committed.
+            if let Some(signal) = self.step_boundary()? {
+                return Err(self.stop_on_request(signal, saved_now)?);
             }
         }
         if last_checkpoint.is_none() && self.config.checkpoint.save_final {
             last_checkpoint = Some(self.save()?);
         }
+        self.finish_save()?;
         for sink in &mut self.sinks {
             sink.flush()?;
         }
@@ -251,6 +257,28 @@ impl Trainer {
             last_record: self.last_record,
             is_main: self.dist.is_main(),
         })
+    }
+
+    /// Throughput and memory of the step just taken.
+    fn perf_metrics(&self, outcomes: &[TaskOutcome], seconds: f64, state_mib: f64) -> Vec<(String, f64)> {
+        let tokens = outcomes.iter().map(|o| o.tokens).sum::<i64>() as f64;
+        let mut scalars = vec![
+            ("perf/tokens".into(), tokens),
+            ("perf/tokens_per_s".into(), tokens / seconds),
+            ("perf/step_time_s".into(), seconds),
+            ("perf/rank_state_mib".into(), state_mib),
+        ];
+        if let Some(peak) = peak_rss_bytes() {
+            scalars.push(("perf/peak_rss_mib".into(), peak as f64 / (1 << 20) as f64));
+        }
+        if let Device::Cuda(ordinal) = self.learner.device {
+            // The caching allocator keeps what a step needed, so in-use at the end of a step is
+            // its peak (plus the context); the report takes the max over steps.
+            if let Ok(bytes) = cuda::memory_in_use(ordinal) {
+                scalars.push(("perf/peak_gpu_mib".into(), bytes as f64 / (1 << 20) as f64));
+            }
+        }
+        scalars
     }
 
     /// A collective failed (another rank died or diverged): the step it happened in, and why.
@@ -325,68 +353,6 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes a checkpoint of the current step: the whole model's files, or every rank's slice
-    /// (rank 0 stages the directory and writes meta.json once every rank's file is in).
-    fn save(&self) -> Result<PathBuf> {
-        let state = TrainState {
-            optimizer_steps: self.optimizer.steps,
-            skipped_steps: self.skipped_steps,
-            task_positions: self.tasks.iter().map(|t| (t.name.clone(), t.position())).collect(),
-        };
-        let mut meta = CheckpointMeta::new(
-            self.step,
-            self.dist.world_size,
-            self.model_dir.display().to_string(),
-            self.config.to_yaml(),
-            serde_json::to_value(state).expect("state serialises"),
-        );
-        let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu);
-        let names = self.learner.names();
-        let params: Vec<(String, Tensor)> =
-            names.iter().zip(self.learner.params()).map(|(n, t)| (n.clone(), cpu(t))).collect();
-        // The optimizer names its moments `exp_avg.<i>`; checkpoints name them by parameter.
-        let moment_name = |name: &str| {
-            let (kind, index) = name.rsplit_once('.').expect("optimizer state is named <kind>.<index>");
-            state_name(&format!("{kind}/"), &names[index.parse::<usize>().expect("an index")])
-        };
-        let optim: Vec<(String, Tensor)> =
-            self.optimizer.state().into_iter().map(|(n, t)| (moment_name(&n), cpu(t))).collect();
-        let root = self.checkpoint_root();
-        let keep = self.config.checkpoint.max_ckpt_to_keep;
-        let Some(fsdp) = self.learner.fsdp() else {
-            let files = [(MODEL_FILE, named_refs(&params)), (OPTIMIZER_FILE, named_refs(&optim))];
-            return Ok(checkpoint::save(&root, meta, &files, keep)?);
-        };
-        // Empty units (no parameter of θ) have nothing to save.
-        let layout = &fsdp.layout;
-        let mut tensors: Vec<(String, Tensor)> = params.into_iter().chain(optim).collect();
-        tensors.retain(|(name, _)| {
-            let unit = name.rsplit_once("unit.").and_then(|(_, u)| u.parse::<usize>().ok()).expect("unit.<u>");
-            layout.units[unit].numel > 0
-        });
-        let comm = |e: CommError| anyhow!("saving the checkpoint of step {}: {e}", self.step);
-        let tmp = checkpoint::staging_dir(&root, self.step);
-        if self.dist.is_main() {
-            checkpoint::begin(&root, self.step)?;
-        }
-        fsdp.comm().borrow_mut().barrier().map_err(comm)?;
-        let sha = checkpoint::write_file(&tmp, &rank_file(self.dist.rank), &named_refs(&tensors))?;
-        let all = Tensor::zeros([64 * self.dist.world_size as i64], (tch::Kind::Uint8, tch::Device::Cpu));
-        fsdp.comm().borrow_mut().all_gather(&Tensor::from_slice(sha.as_bytes()), &all).map_err(comm)?;
-        let dir = root.join(checkpoint::step_dir_name(self.step));
-        if self.dist.is_main() {
-            let bytes = Vec::<u8>::try_from(&all).expect("uint8 bytes");
-            for (rank, sha) in bytes.chunks(64).enumerate() {
-                meta.files.insert(rank_file(rank), String::from_utf8_lossy(sha).into_owned());
-            }
-            meta.layout = Some(layout.clone());
-            checkpoint::commit(&root, &tmp, &meta, keep)?;
-        }
-        // No rank goes on (or exits) before the checkpoint is whole.
-        fsdp.comm().borrow_mut().barrier().map_err(comm)?;
-        Ok(dir)
-    }
-
     /// Loads θ, optimizer state, step and sampler positions from the checkpoint that
     /// `checkpoint.resume_mode` selects, if any. The checkpoint may come from any world size.
     fn resume(&mut self) -> Result<()> {
@@ -453,10 +419,6 @@ impl Trainer {
         self.resumed_from = Some(dir);
         Ok(())
     }
-}
-
-fn named_refs(tensors: &[(String, Tensor)]) -> Vec<(&str, &Tensor)> {
-    tensors.iter().map(|(n, t)| (n.as_str(), t)).collect()
 }
 
 /// The metrics of one step: means over tasks, the spread of adaptation, and per task. Without

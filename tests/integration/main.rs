@@ -19,6 +19,7 @@ mod loader;
 mod lora;
 mod metrics;
 mod prepare_data;
+mod preemption;
 mod prepare_sources;
 mod run_dir;
 mod task_files;

@@ -25,3 +25,7 @@ pub fn format_secs(d: std::time::Duration) -> String {
         format!("{}", (s * 1000.0).round() / 1000.0)
     }
 }
+
+/// The exit code of a worker that saved a checkpoint and stopped because it was asked to (a
+/// preemption signal): `fomaml-launch` passes it on and does not count it as a failure.
+pub const EXIT_PREEMPTED: u8 = 75;
