@@ -209,7 +209,8 @@ pub fn write_safetensors_streamed(
     let mut digest = String::new();
     let written = write_atomically(path, |file| {
         use std::io::Write;
-        let mut out = Hashing { inner: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), hasher: Sha256::new() };
+        let mut out =
+            Hashing { inner: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), hasher: Sha256::new() };
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
         let mut buffer = Vec::new();
@@ -224,8 +225,7 @@ pub fn write_safetensors_streamed(
                     spec.kind,
                     spec.shape
                 );
-                write_tensor_data(&mut out, &t, &mut buffer)
-                    .with_context(|| format!("tensor `{}`", spec.name))
+                write_tensor_data(&mut out, &t, &mut buffer).with_context(|| format!("tensor `{}`", spec.name))
             });
             if let Err(e) = data {
                 failure = Some(e);

@@ -89,5 +89,10 @@ fn a_save_holds_one_chunk_beyond_the_state() {
         buffered / MIB
     );
     assert!(buffered >= 0.9 * state_bytes, "the control must show the whole state held: +{:.1} MiB", buffered / MIB);
-    assert!(streamed <= bound, "a save held +{:.1} MiB beyond the state (bound {:.1} MiB)", streamed / MIB, bound / MIB);
+    assert!(
+        streamed <= bound,
+        "a save held +{:.1} MiB beyond the state (bound {:.1} MiB)",
+        streamed / MIB,
+        bound / MIB
+    );
 }

@@ -208,7 +208,15 @@ impl Group {
                 group.pumps.push(tee(err, File::create(log("stderr.log"))?, rank, true));
             }
             let stderr_log = want_file(2).then(|| log("stderr.log"));
-            group.workers.push(Worker { local_rank, rank, child, error_file, stderr_log, done: false, preempted: false });
+            group.workers.push(Worker {
+                local_rank,
+                rank,
+                child,
+                error_file,
+                stderr_log,
+                done: false,
+                preempted: false,
+            });
         }
         Ok(group)
     }
@@ -229,7 +237,9 @@ impl Group {
                 if forwarded.is_some() || !GRACEFUL.contains(&sig) {
                     return Outcome::Signalled(sig);
                 }
-                eprintln!("fomaml-launch: received signal {sig}; passed on to the workers, waiting for them to save and stop");
+                eprintln!(
+                    "fomaml-launch: received signal {sig}; passed on to the workers, waiting for them to save and stop"
+                );
                 forwarded = Some(sig);
             }
             let mut failures = Vec::new();

@@ -185,7 +185,6 @@ mod tests {
     use crate::metrics::crc32c::masked_crc32c;
     use crate::tensor_io::hex;
 
-
     /// Splits TFRecord framing back into payloads, checking both CRCs; stops at a torn tail.
     fn read_records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut records = Vec::new();

@@ -191,7 +191,11 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     let mut save_copy_on_host = false;
     let save_host_bytes = match config.checkpoint.async_save {
         true if total_bytes + saved <= capacity => {
-            lines.push(Line { what: "checkpoint copy (async save)", bytes: saved, note: "θ + moments, while written".into() });
+            lines.push(Line {
+                what: "checkpoint copy (async save)",
+                bytes: saved,
+                note: "θ + moments, while written".into(),
+            });
             total_bytes += saved;
             streaming
         }

@@ -15,8 +15,8 @@ use anyhow::{anyhow, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::{preempt, TrainState, Trainer};
-use crate::checkpoint::shards::{rank_file, state_name, MODEL_FILE, OPTIMIZER_FILE};
 use crate::checkpoint::run_dir::SharedToken;
+use crate::checkpoint::shards::{rank_file, state_name, MODEL_FILE, OPTIMIZER_FILE};
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::distributed::CommError;
 
@@ -108,7 +108,13 @@ fn snapshot(files: &Files) -> Result<Files, String> {
         ));
     }
     copy_all(&|t| {
-        let mut copy = Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))?;
+        let host = Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))?;
+        // From a GPU, into page-locked memory (a DMA copy), one tensor at a time; pageable when
+        // the driver refuses to pin more.
+        let mut copy = match t.device() {
+            Device::Cuda(_) => host.f_pin_memory(t.device()).unwrap_or(host),
+            _ => host,
+        };
         copy.f_copy_(t)?;
         Ok(copy)
     })
@@ -216,7 +222,10 @@ impl Trainer {
         };
         let (_, sha) = written.into_iter().next().expect("a rank writes one file");
         let all = Tensor::zeros([64 * self.dist.world_size as i64], (Kind::Uint8, Device::Cpu));
-        fsdp.comm().borrow_mut().all_gather(&Tensor::from_slice(sha.as_bytes()), &all).map_err(|e| self.save_error(e))?;
+        fsdp.comm()
+            .borrow_mut()
+            .all_gather(&Tensor::from_slice(sha.as_bytes()), &all)
+            .map_err(|e| self.save_error(e))?;
         if self.dist.is_main() {
             let bytes = Vec::<u8>::try_from(&all).expect("uint8 bytes");
             for (rank, sha) in bytes.chunks(64).enumerate() {
@@ -248,8 +257,13 @@ impl Trainer {
         };
         let all = Tensor::zeros([self.dist.world_size as i64], (Kind::Uint8, Device::Cpu));
         comm.borrow_mut().all_gather(&Tensor::from_slice(&[seen.is_err() as u8]), &all).map_err(failed)?;
-        let blind: Vec<usize> =
-            Vec::<u8>::try_from(&all).expect("uint8 flags").iter().enumerate().filter(|(_, f)| **f != 0).map(|(r, _)| r).collect();
+        let blind: Vec<usize> = Vec::<u8>::try_from(&all)
+            .expect("uint8 flags")
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f != 0)
+            .map(|(r, _)| r)
+            .collect();
         let requirement = SharedToken::requirement(&self.run_dir);
         match (seen, blind.is_empty()) {
             (_, true) => Ok(()),
