@@ -8,19 +8,27 @@
 //! tokens, loss mask on the second half. A meta-step: 4 tasks, each K = 5 inner SGD steps on fresh
 //! support batches of 4 and one query batch of 4; meta-gradient clipped to 1.0; AdamW.
 //!
-//! Environment: `BENCH_THREADS` (default: all cores), `BENCH_WARMUP` (2), `BENCH_STEPS` (5).
-//! Prints one line `RESULT impl=rust threads=.. meta_steps_per_s=.. tokens_per_s=..`.
+//! With `BENCH_LENGTHS=math` the sequences instead have MATH-like lengths
+//! (`synthetic::math_like_lengths`: median about 270, long tail, cut to 1024; response = the second
+//! half), the workload where padding costs; `BENCH_UNPADDED=0` runs the batches padded to their
+//! longest row instead of packed.
+//!
+//! Environment: `BENCH_THREADS` (default: all cores), `BENCH_WARMUP` (2), `BENCH_STEPS` (5),
+//! `BENCH_LENGTHS` (fixed), `BENCH_UNPADDED` (1). Prints one line `RESULT impl=rust threads=..
+//! meta_steps_per_s=.. tokens_per_s=.. computed_tokens_per_step=.. peak_rss_mib=..`.
 
 use std::time::Instant;
 
 use fomaml::config::schema::{MetaSection, OptimSection};
 use fomaml::data::sampler::SplitMix64;
 use fomaml::data::sft::EncodedExample;
+use fomaml::data::synthetic::math_like_lengths;
 use fomaml::data::tasks::TaskData;
 use fomaml::meta::core::Learner;
 use fomaml::meta::fomaml::meta_gradient;
 use fomaml::model::{ModelConfig, Weights};
 use fomaml::optim::{clip_grad_norm, Optimizer};
+use fomaml::runtime::{peak_rss_bytes, reset_peak_rss};
 use tch::{Device, Kind, Tensor};
 
 const VOCAB: i64 = 2048;
@@ -59,7 +67,7 @@ fn model_config() -> ModelConfig {
         "num_key_value_heads": 4,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "max_position_embeddings": 256,
+        "max_position_embeddings": MAX_LEN,
         "tie_word_embeddings": false,
         "hidden_act": "silu",
     });
@@ -81,12 +89,15 @@ fn random_weights(cfg: &ModelConfig) -> Weights {
     w
 }
 
-fn random_example(rng: &mut SplitMix64) -> EncodedExample {
-    let input_ids: Vec<i64> = (0..SEQ).map(|_| rng.below(VOCAB as u64) as i64).collect();
+/// Longest sequence of the MATH-like workload (the model's max_position_embeddings).
+const MAX_LEN: usize = 1024;
+
+fn random_example(rng: &mut SplitMix64, len: usize) -> EncodedExample {
+    let input_ids: Vec<i64> = (0..len).map(|_| rng.below(VOCAB as u64) as i64).collect();
     EncodedExample {
-        loss_mask: (0..SEQ).map(|i| i64::from(i >= SEQ / 2)).collect(),
-        attention_mask: vec![1; SEQ],
-        position_ids: (0..SEQ as i64).collect(),
+        loss_mask: (0..len).map(|i| i64::from(i >= len / 2)).collect(),
+        attention_mask: vec![1; len],
+        position_ids: (0..len as i64).collect(),
         input_ids,
     }
 }
@@ -97,13 +108,26 @@ fn main() {
     let steps = env_usize("BENCH_STEPS", 5);
     tch::set_num_threads(threads as i32);
 
+    let math_like = match std::env::var("BENCH_LENGTHS").as_deref() {
+        Ok("math") => true,
+        Ok("fixed") | Err(_) => false,
+        Ok(other) => panic!("BENCH_LENGTHS={other}: fixed or math"),
+    };
     let cfg = model_config();
-    let learner = Learner::new(cfg.clone(), random_weights(&cfg), Device::Cpu, Kind::Float, 0);
+    let mut learner = Learner::new(cfg.clone(), random_weights(&cfg), Device::Cpu, Kind::Float, 0);
+    learner.unpadded = env_usize("BENCH_UNPADDED", 1) != 0;
     let mut rng = SplitMix64::new(1);
+    let pool = |rng: &mut SplitMix64| -> Vec<EncodedExample> {
+        let lengths = match math_like {
+            true => math_like_lengths(rng, POOL, MAX_LEN),
+            false => vec![SEQ; POOL],
+        };
+        lengths.into_iter().map(|len| random_example(rng, len)).collect()
+    };
     let mut tasks: Vec<TaskData> = (0..TASKS)
         .map(|i| {
-            let support = (0..POOL).map(|_| random_example(&mut rng)).collect();
-            let query = (0..POOL).map(|_| random_example(&mut rng)).collect();
+            let support = pool(&mut rng);
+            let query = pool(&mut rng);
             TaskData::from_examples(&format!("task{i}"), support, query, 7).expect("non-empty splits")
         })
         .collect();
@@ -132,6 +156,8 @@ fn main() {
         meta_step();
     }
     let (mut tokens, mut last_loss) = (0i64, f64::NAN);
+    let computed_before = learner.computed_tokens();
+    reset_peak_rss();
     let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
     for _ in 0..steps {
         let (t, loss) = meta_step();
@@ -140,11 +166,15 @@ fn main() {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds() - cpu_started;
+    let computed = learner.computed_tokens() - computed_before;
     println!(
         "RESULT impl=rust threads={threads} steps={steps} seconds={seconds:.3} cpu_seconds={cpu_seconds:.2} \
-         meta_steps_per_s={:.4} tokens_per_s={:.1} tokens_per_step={} query_loss={last_loss:.4}",
+         meta_steps_per_s={:.4} tokens_per_s={:.1} tokens_per_step={} computed_tokens_per_step={} \
+         peak_rss_mib={:.0} query_loss={last_loss:.4}",
         steps as f64 / seconds,
         tokens as f64 / seconds,
         tokens / steps.max(1) as i64,
+        computed / steps.max(1) as i64,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
     );
 }

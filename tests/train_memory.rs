@@ -75,7 +75,7 @@ fn meta_step_peak_memory_does_not_grow_with_the_meta_batch() {
     // The negative control: all query graphs alive at once, one backward.
     reset_peak_rss();
     let losses: Vec<Tensor> =
-        tasks.iter_mut().map(|t| learner.loss(&t.next_batch(Split::Query, 8, learner.pad_id, Device::Cpu))).collect();
+        tasks.iter_mut().map(|t| learner.loss(&t.next_batch(Split::Query, 8, learner.training_batches()))).collect();
     let _ = learner.gradients(&Tensor::stack(&losses, 0).sum(Kind::Float));
     let kept_graphs = peak_rss_bytes().unwrap() as f64;
 

@@ -147,6 +147,10 @@ pub struct DataSection {
     pub shuffle: bool,
     /// Extra chat-template variables, e.g. {enable_thinking: false}.
     pub chat_template_vars: Map<String, Json>,
+    /// Training batches run unpadded: one stream of the examples' real tokens, attention kept
+    /// within each example, and under FSDP each rank gets a token-balanced run of whole examples
+    /// (false: right-padded to the longest row, split by rows). Evaluation batches are padded.
+    pub unpadded: bool,
 }
 
 impl Default for DataSection {
@@ -160,6 +164,7 @@ impl Default for DataSection {
             query_max_samples: None,
             shuffle: true,
             chat_template_vars: Map::new(),
+            unpadded: true,
         }
     }
 }

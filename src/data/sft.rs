@@ -92,14 +92,20 @@ pub fn encode_example(
     })
 }
 
-/// A batch padded on the right to its longest example (not to max_length).
+/// A batch of examples, in one of two layouts:
+/// - padded: [rows, longest] tensors, each row right-padded to the batch's longest example (not to
+///   max_length); evaluation and generation use these;
+/// - unpadded (packed): [1, Σ len] tensors holding every example's real tokens one after another,
+///   positions restarting at each example; attention stays within each example
+///   ([`SftBatch::segments`]). Training uses these: no token of compute is spent on padding.
 pub struct SftBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub position_ids: Tensor,
     pub loss_mask: Tensor,
     /// Flat indices (row × width + t) of the scored positions — t such that loss_mask[t + 1] is
-    /// set — on the batch's device: the loss gathers them without a data-dependent `nonzero`.
+    /// set within the same example — on the batch's device: the loss gathers them without a
+    /// data-dependent `nonzero`.
     pub scored_positions: Tensor,
     /// The same facts on the host, counted when the batch was built, so that a training step never
     /// waits on the device to learn how many tokens it has.
@@ -109,11 +115,12 @@ pub struct SftBatch {
 #[derive(Clone, Debug)]
 struct HostView {
     width: usize,
-    /// Real (attention) tokens per row.
+    /// Real (attention) tokens per example.
     real: Vec<i64>,
-    /// loss_mask, rows × width.
+    /// loss_mask, rows × width (packed: 1 × width).
     loss: Vec<i64>,
     right_padded: bool,
+    packed: bool,
 }
 
 impl HostView {
@@ -122,16 +129,49 @@ impl HostView {
         let real = rows.iter().map(|r| r.iter().filter(|&&m| m != 0).count() as i64).collect();
         // Real tokens first, then padding only: m[0] set, and m[t + 1] implies m[t].
         let right_padded = width > 0 && rows.iter().all(|r| r[0] != 0 && r.windows(2).all(|w| w[1] == 0 || w[0] != 0));
-        HostView { width, real, loss, right_padded }
+        HostView { width, real, loss, right_padded, packed: false }
+    }
+
+    /// Where each example lies in the flat loss mask: (start, span). Padded rows span the width.
+    fn spans(&self) -> Vec<(usize, usize)> {
+        match self.packed {
+            true => self
+                .real
+                .iter()
+                .scan(0, |start, &len| {
+                    let span = (*start, len as usize);
+                    *start += len as usize;
+                    Some(span)
+                })
+                .collect(),
+            false => (0..self.real.len()).map(|b| (b * self.width, self.width)).collect(),
+        }
     }
 
     fn scored_positions(&self) -> Vec<i64> {
-        let w = self.width;
         let mut out = Vec::new();
-        for (b, row) in self.loss.chunks(w.max(1)).enumerate().take(self.real.len()) {
-            out.extend((0..w.saturating_sub(1)).filter(|&t| row[t + 1] != 0).map(|t| (b * w + t) as i64));
+        for (start, span) in self.spans() {
+            let next_scored = |t: &usize| self.loss[start + t + 1] != 0;
+            out.extend((0..span.saturating_sub(1)).filter(next_scored).map(|t| (start + t) as i64));
         }
         out
+    }
+}
+
+/// How a split's examples become a batch: packed (unpadded) for training, else padded.
+#[derive(Debug, Clone, Copy)]
+pub struct Collate {
+    pub pad_id: i64,
+    pub device: Device,
+    pub unpadded: bool,
+}
+
+impl Collate {
+    pub fn batch(&self, examples: &[&EncodedExample]) -> SftBatch {
+        match self.unpadded {
+            true => SftBatch::pack(examples, self.device),
+            false => SftBatch::collate(examples, self.pad_id, self.device),
+        }
     }
 }
 
@@ -174,8 +214,36 @@ impl SftBatch {
         }
     }
 
+    /// `examples`' real tokens as one unpadded stream [1, Σ len]; each example keeps its own
+    /// positions (0, 1, ... from its start), and attention stays within it.
+    pub fn pack(examples: &[&EncodedExample], device: Device) -> Self {
+        let (mut ids, mut loss, mut positions, mut real) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in examples {
+            let kept = (0..e.input_ids.len()).filter(|&t| e.attention_mask[t] != 0);
+            let before = ids.len();
+            for t in kept {
+                ids.push(e.input_ids[t]);
+                loss.push(e.loss_mask[t]);
+                positions.push(e.position_ids[t]);
+            }
+            real.push((ids.len() - before) as i64);
+        }
+        let width = ids.len();
+        let tensor = |v: &[i64]| to_device(Tensor::from_slice(v).view([1, width as i64]), device);
+        let host = HostView { width, real, loss, right_padded: false, packed: true };
+        Self {
+            input_ids: tensor(&ids),
+            attention_mask: tensor(&vec![1; width]),
+            position_ids: tensor(&positions),
+            loss_mask: tensor(&host.loss),
+            scored_positions: to_device(Tensor::from_slice(&host.scored_positions()), device),
+            host,
+        }
+    }
+
+    /// Examples in the batch (rows of a padded batch, segments of a packed one).
     pub fn rows(&self) -> i64 {
-        self.input_ids.size()[0]
+        self.host.real.len() as i64
     }
 
     /// Real (non-padding) tokens: what tokens/s counts.
@@ -183,15 +251,42 @@ impl SftBatch {
         self.host.real.iter().sum()
     }
 
+    /// Real tokens of each example, in order.
+    pub fn example_tokens(&self) -> &[i64] {
+        &self.host.real
+    }
+
+    /// Tokens the model computes: rows × width padded, the real tokens packed.
+    pub fn computed_tokens(&self) -> i64 {
+        match self.host.packed {
+            true => self.tokens(),
+            false => (self.host.real.len() * self.host.width) as i64,
+        }
+    }
+
     /// Positions the loss scores (those whose next token is in the loss mask).
     pub fn scored_tokens(&self) -> i64 {
         self.scored_positions.size()[0]
     }
 
-    /// Rows `start..start + len`, cut to the longest real sequence among them (the columns after
-    /// it are padding in every kept row).
+    /// A packed batch's examples' lengths: the segments attention stays within. `None` when padded.
+    pub fn segments(&self) -> Option<&[i64]> {
+        self.host.packed.then_some(&self.host.real[..])
+    }
+
+    /// Examples `start..start + len`. Padded, cut to the longest real sequence among them (the
+    /// columns after it are padding in every kept row); packed, their stretch of the stream.
     pub fn slice_rows(&self, start: i64, len: i64) -> SftBatch {
         let (from, to) = (start as usize, (start + len) as usize);
+        if self.host.packed {
+            let offset: i64 = self.host.real[..from].iter().sum();
+            let width: i64 = self.host.real[from..to].iter().sum();
+            let (o, w) = (offset as usize, width as usize);
+            let cut = |t: &Tensor| t.narrow(1, offset, width);
+            let real = self.host.real[from..to].to_vec();
+            let host = HostView { width: w, real, loss: self.host.loss[o..o + w].to_vec(), right_padded: false, packed: true };
+            return self.with_host(cut, host);
+        }
         let longest = self.host.real[from..to].iter().copied().max().unwrap_or(0);
         let width = longest.max(1).min(self.input_ids.size()[1]);
         let cut = |t: &Tensor| t.narrow(0, start, len).narrow(1, 0, width);
@@ -202,7 +297,12 @@ impl SftBatch {
             real: self.host.real[from..to].to_vec(),
             loss: (from..to).flat_map(|r| self.host.loss[r * w..r * w + cut_w].iter().copied()).collect(),
             right_padded: self.host.right_padded,
+            packed: false,
         };
+        self.with_host(cut, host)
+    }
+
+    fn with_host(&self, cut: impl Fn(&Tensor) -> Tensor, host: HostView) -> SftBatch {
         let device = self.input_ids.device();
         SftBatch {
             input_ids: cut(&self.input_ids),

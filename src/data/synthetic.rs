@@ -124,6 +124,20 @@ const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|' + message['rol
                              '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
 
 /// The tiny model's shape: a 2-layer Llama with GQA and tied embeddings.
+/// Sequence lengths shaped like MATH's (problem + worked solution, in Llama-3 tokens): log-normal
+/// with a median of about 270 tokens and a long tail, cut to [32, `max`]. The benchmarks' and
+/// tests' variable-length workload, stated once.
+pub fn math_like_lengths(rng: &mut SplitMix64, n: usize, max: usize) -> Vec<usize> {
+    let uniform = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (0..n)
+        .map(|_| {
+            let (u, v) = (uniform(rng).max(1e-12), uniform(rng));
+            let normal = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            (5.6 + 0.7 * normal).exp().clamp(32.0, max as f64) as usize
+        })
+        .collect()
+}
+
 pub fn tiny_config() -> Json {
     let vocab = SPECIALS.len() + 1 + 95; // specials, '\n', printable ASCII
     json!({

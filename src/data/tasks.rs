@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
-use tch::Device;
 
 use super::sampler::{stable_hash, EpochSampler, SamplerPosition, SplitMix64};
-use super::sft::{encode_example, EncodedExample, SftBatch, Truncation};
+use super::sft::{encode_example, Collate, EncodedExample, SftBatch, Truncation};
 use super::task_files::{read_split, Columns};
 use super::tokenizer::ChatTokenizer;
 use crate::config::schema::{DataSection, TaskSection};
@@ -177,8 +176,8 @@ impl TaskData {
         })
     }
 
-    /// The next `n` examples of a split for this rank, as a padded batch.
-    pub fn next_batch(&mut self, split: Split, n: usize, pad_id: i64, device: Device) -> SftBatch {
+    /// The next `n` examples of a split, as `collate` batches them.
+    pub fn next_batch(&mut self, split: Split, n: usize, collate: Collate) -> SftBatch {
         let data = match split {
             Split::Support => &mut self.support,
             Split::Query => &mut self.query,
@@ -186,7 +185,7 @@ impl TaskData {
         };
         let indices = data.sampler.next_batch(n);
         let examples: Vec<&EncodedExample> = indices.iter().map(|&i| &data.examples[i]).collect();
-        SftBatch::collate(&examples, pad_id, device)
+        collate.batch(&examples)
     }
 
     /// All examples of a split, in file order.

@@ -29,6 +29,32 @@ pub type SharedComm = Rc<RefCell<Box<dyn Communicator>>>;
 const EMBED: &str = "model.embed_tokens.weight";
 const LM_HEAD: &str = "lm_head.weight";
 
+/// Each rank's contiguous run of whole examples, balanced by real tokens rather than rows: rank r's
+/// run ends at the example boundary nearest to (r + 1) / world of the batch's tokens. Every rank
+/// computes the same split from the same lengths; the loss keeps the global scored-token
+/// normaliser, so the ranks' parts still sum to the one-process loss.
+pub fn token_shares(lengths: &[i64], world: usize) -> Vec<std::ops::Range<usize>> {
+    let mut cumulative = vec![0i64];
+    for len in lengths {
+        cumulative.push(cumulative.last().expect("starts at 0") + len);
+    }
+    let total = *cumulative.last().expect("starts at 0") as f64;
+    let mut shares = Vec::with_capacity(world);
+    let mut start = 0;
+    for r in 1..=world {
+        let target = total * r as f64 / world as f64;
+        let distance = |i: usize| (cumulative[i] as f64 - target).abs();
+        let end = match r == world {
+            true => lengths.len(),
+            // The nearest boundary at or after this run's start (the first of equally near ones).
+            false => (start..=lengths.len()).min_by(|&a, &b| distance(a).total_cmp(&distance(b))).expect("non-empty"),
+        };
+        shares.push(start..end);
+        start = end;
+    }
+    shares
+}
+
 /// Frozen weights (the base under LoRA): sharded like θ, kept in the compute dtype, never updated.
 pub struct Frozen {
     pub layout: Layout,
@@ -87,13 +113,11 @@ impl Fsdp {
         &self.comm
     }
 
-    /// This rank's rows of a global batch: an even split in rank order (the first `rows % world`
-    /// ranks take one more); `None` when there are fewer rows than ranks and this rank gets none.
+    /// This rank's examples of a global batch: its [`token_shares`] run of whole examples;
+    /// `None` when it gets none (fewer examples than ranks, or a few long ones).
     pub fn local_rows(&self, batch: &SftBatch) -> Option<SftBatch> {
-        let (rows, world, rank) = (batch.rows(), self.world as i64, self.rank as i64);
-        let len = rows / world + i64::from(rank < rows % world);
-        let start = rank * (rows / world) + rank.min(rows % world);
-        (len > 0).then(|| batch.slice_rows(start, len))
+        let share = token_shares(batch.example_tokens(), self.world).swap_remove(self.rank);
+        (!share.is_empty()).then(|| batch.slice_rows(share.start as i64, share.len() as i64))
     }
 
     /// Sums a scalar (or any small fp tensor) across ranks, in place; returns it.
@@ -252,8 +276,7 @@ impl Fsdp {
     }
 
     fn layer_inputs(&self, batch: &SftBatch) -> LayerInputs {
-        let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
-        LayerInputs::new(&self.rotary, &batch.input_ids, mask, Some(&batch.position_ids), self.kind)
+        crate::meta::core::layer_inputs(&self.rotary, batch, self.kind)
     }
 
     fn layer(&self, index: i64, w: &Weights, train: bool) -> DecoderLayer {
@@ -343,4 +366,52 @@ impl Fsdp {
 /// The gathered θ buffer as a fresh leaf that collects this unit's gradient.
 fn leaf(g: &Gathered) -> Option<Tensor> {
     g.theta.as_ref().map(|t| t.detach().set_requires_grad(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_shares;
+    use crate::data::sampler::SplitMix64;
+    use crate::data::synthetic::math_like_lengths;
+
+    /// The split by rows it replaces: even counts, in rank order.
+    fn row_shares(n: usize, world: usize) -> Vec<std::ops::Range<usize>> {
+        (0..world)
+            .map(|r| {
+                let start = r * (n / world) + r.min(n % world);
+                start..start + n / world + usize::from(r < n % world)
+            })
+            .collect()
+    }
+
+    /// The slowest rank's tokens over the mean rank's: what every gather waits for.
+    fn imbalance(lengths: &[i64], shares: &[std::ops::Range<usize>]) -> f64 {
+        let tokens: Vec<i64> = shares.iter().map(|s| lengths[s.clone()].iter().sum()).collect();
+        let mean = tokens.iter().sum::<i64>() as f64 / tokens.len() as f64;
+        *tokens.iter().max().unwrap() as f64 / mean
+    }
+
+    #[test]
+    fn shares_are_contiguous_whole_examples_and_balance_tokens_better_than_rows() {
+        let mut rng = SplitMix64::new(11);
+        for (rows, world) in [(16, 4), (8, 2), (32, 4)] {
+            let (mut by_rows, mut by_tokens) = (0.0, 0.0);
+            let batches = 500;
+            for _ in 0..batches {
+                let lengths: Vec<i64> = math_like_lengths(&mut rng, rows, 2048).into_iter().map(|l| l as i64).collect();
+                let shares = token_shares(&lengths, world);
+                assert_eq!(shares.len(), world);
+                assert_eq!((shares[0].start, shares[world - 1].end), (0, rows));
+                assert!(shares.windows(2).all(|w| w[0].end == w[1].start), "{shares:?}");
+                by_rows += imbalance(&lengths, &row_shares(rows, world)) / batches as f64;
+                by_tokens += imbalance(&lengths, &shares) / batches as f64;
+            }
+            eprintln!("{rows} rows over {world} ranks: slowest / mean rank tokens {by_rows:.3} by rows, {by_tokens:.3} by tokens");
+            assert!(by_tokens < by_rows, "{rows} rows, {world} ranks: {by_tokens} is no better than {by_rows}");
+        }
+        // Fewer examples than ranks: some ranks get none; one long example takes a rank alone.
+        assert_eq!(token_shares(&[5, 7], 4), [0..1, 1..1, 1..2, 2..2]);
+        assert_eq!(token_shares(&[100, 1, 1, 1], 2), [0..1, 1..4]);
+        assert_eq!(token_shares(&[], 2), [0..0, 0..0]);
+    }
 }

@@ -8,13 +8,14 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::config::schema::{Algorithm, InnerOptimizerType, MetaSection, OptimSection, OptimizerType};
-use crate::data::sft::SftBatch;
+use crate::data::sft::{Collate, SftBatch};
 use crate::data::tasks::{Split, TaskData};
 use crate::distributed::fsdp::{Frozen, Fsdp, SharedComm};
 use crate::distributed::layout::Layout;
 use crate::distributed::CommError;
 use crate::meta::loss::masked_nll_sum_at_scored;
 use crate::model::loader::MappedWeights;
+use crate::model::llama::{LayerInputs, Rotary};
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::{clip_to, squared_norm, Optimizer};
 
@@ -28,6 +29,10 @@ pub struct Learner {
     pub pad_id: i64,
     /// Build the decoder with twice-differentiable attention (second-order MAML).
     pub second_order: bool,
+    /// Training batches run packed, without padding (`data.unpadded`).
+    pub unpadded: bool,
+    /// Token positions run through the model by training losses so far (padding included).
+    computed: std::cell::Cell<i64>,
     placement: Placement,
 }
 
@@ -49,7 +54,18 @@ impl Learner {
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
         let placement = Placement::Whole { frozen: None };
-        Self { cfg, names, params, compute_kind, device, pad_id, second_order: false, placement }
+        Self {
+            cfg,
+            names,
+            params,
+            compute_kind,
+            device,
+            pad_id,
+            second_order: false,
+            unpadded: true,
+            computed: Default::default(),
+            placement,
+        }
     }
 
     /// A learner whose θ is a LoRA `adapter` over the frozen `base` (kept in the compute dtype).
@@ -112,8 +128,25 @@ impl Learner {
             device,
             pad_id,
             second_order: false,
+            unpadded: true,
+            computed: Default::default(),
             placement: Placement::Sharded(fsdp),
         })
+    }
+
+    /// Token positions (padding included) that training losses have run through the model so
+    /// far; with [`SftBatch::tokens`], the share of compute spent on real tokens.
+    pub fn computed_tokens(&self) -> i64 {
+        self.computed.get()
+    }
+
+    fn count(&self, batch: &SftBatch) {
+        self.computed.set(self.computed.get() + batch.computed_tokens());
+    }
+
+    /// How training draws its batches.
+    pub fn training_batches(&self) -> Collate {
+        Collate { pad_id: self.pad_id, device: self.device, unpadded: self.unpadded }
     }
 
     /// The sharded runner, when θ is sharded.
@@ -182,10 +215,15 @@ impl Learner {
         Ok(if self.second_order { model.twice_differentiable() } else { model })
     }
 
-    /// Logits of a batch at `params`, as training sees them (LoRA dropout on).
+    /// Logits of a batch at `params`, as training sees them (LoRA dropout on): [rows, width,
+    /// vocab], or [1, Σ len, vocab] for a packed batch.
     pub fn logits_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
         let model = self.model(params, true).expect("θ holds every weight the config names");
-        model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids))
+        let hidden = match batch.segments() {
+            Some(_) => model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind)),
+            None => model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids)),
+        };
+        hidden.linear::<Tensor>(model.lm_head(), None)
     }
 
     /// Logits of a batch at the current θ, as training sees them.
@@ -204,16 +242,12 @@ impl Learner {
     }
 
     /// verl's SFT loss of a batch at `params` (LoRA dropout on): mean over its scored tokens.
-    ///
-    /// Logits are computed at scored positions only. A right-padded batch (every one that
-    /// [`SftBatch::collate`] makes) runs under the plain causal mask, SDPA's fused causal path:
-    /// a real token attends only to earlier positions, which are all real, so every scored logit is
-    /// the one the padding mask gives; padded positions differ but are never scored.
+    /// Logits are computed at scored positions only (see [`layer_inputs`] for the attention).
     pub fn loss_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
         assert!(self.fsdp().is_none(), "a loss with a graph needs the whole model; use loss_and_grads");
+        self.count(batch);
         let model = self.model(params, true).expect("θ holds every weight the config names");
-        let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
-        let hidden = model.hidden_states(&batch.input_ids, mask, Some(&batch.position_ids));
+        let hidden = model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind));
         let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.scored_positions);
         sum / batch.scored_tokens().max(1) as f64
     }
@@ -239,6 +273,7 @@ impl Learner {
             let grads = self.gradients(&loss);
             return Ok((loss.detach(), grads));
         };
+        self.count(batch);
         let count = batch.scored_tokens().max(1) as f64;
         let rows = fsdp.local_rows(batch);
         let (part, grads) = fsdp.forward_backward(&self.params, rows.as_ref(), |rows, hidden, lm_head| {
@@ -250,6 +285,7 @@ impl Learner {
     /// The loss of a (global) batch at θ, without gradients (LoRA dropout on, as in training).
     pub fn loss_value(&self, batch: &SftBatch) -> Result<Tensor, CommError> {
         let Placement::Sharded(fsdp) = &self.placement else { return Ok(tch::no_grad(|| self.loss(batch))) };
+        self.count(batch);
         let count = batch.scored_tokens().max(1) as f64;
         let rows = fsdp.local_rows(batch);
         let part = fsdp.forward(&self.params, rows.as_ref(), true, |rows, hidden, lm_head| {
@@ -326,6 +362,20 @@ impl Learner {
 }
 
 /// θ's dtype: fp32 masters, fp64 when computing in fp64 (numerical checks).
+/// How a training batch's tokens attend, for the whole model and the sharded runner alike:
+/// - packed, each example causally within itself (per-example fused SDPA), nothing across;
+/// - right-padded (every batch [`SftBatch::collate`] makes), the plain causal mask, SDPA's fused
+///   causal path: a real token attends only to earlier positions, which are all real, so every
+///   scored logit is the one the padding mask gives; padded positions differ but are never scored;
+/// - otherwise the padding mask.
+pub fn layer_inputs(rotary: &Rotary, batch: &SftBatch, kind: Kind) -> LayerInputs {
+    if let Some(lengths) = batch.segments() {
+        return LayerInputs::packed(rotary, &batch.position_ids, lengths, kind);
+    }
+    let mask = if batch.is_right_padded() { None } else { Some(&batch.attention_mask) };
+    LayerInputs::new(rotary, &batch.input_ids, mask, Some(&batch.position_ids), kind)
+}
+
 fn master_kind(compute_kind: Kind) -> Kind {
     if compute_kind == Kind::Double {
         Kind::Double
@@ -524,7 +574,7 @@ impl<'a> SupportBatches<'a> {
     /// The batch of the next inner step.
     pub fn next(&mut self, task: &mut TaskData, learner: &Learner) -> &SftBatch {
         if self.current.is_none() || self.meta.fresh_support_batch_per_step {
-            let batch = task.next_batch(Split::Support, self.meta.inner_batch_size, learner.pad_id, learner.device);
+            let batch = task.next_batch(Split::Support, self.meta.inner_batch_size, learner.training_batches());
             self.current = Some(batch);
         }
         self.current.as_ref().expect("drawn above")

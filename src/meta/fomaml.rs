@@ -38,7 +38,7 @@ pub fn first_order_meta_gradient(
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
         let mut inner = adapt(learner, task, meta, rule)?;
-        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.training_batches());
         let (query_loss, grads) = learner.loss_and_grads(&query)?;
         accumulate(meta_grad, &grads, scale);
         learner.restore(&theta);

@@ -38,7 +38,7 @@ pub fn meta_gradient(
             let grads = Tensor::run_backward(&[&loss], &fast, true, true);
             fast = fast.iter().zip(&grads).map(|(w, g)| w - g * meta.inner_lr).collect();
         }
-        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.training_batches());
         let query_loss = learner.loss_at(&fast, &query);
         outcome.query_loss = Some(query_loss.detach());
         outcome.tokens += query.tokens();

@@ -31,7 +31,7 @@ pub fn direction(
     let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks.iter_mut() {
         let mut adaptation = adapt(learner, task, meta, &rule)?;
-        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.training_batches());
         let query_loss = learner.loss_value(&query)?;
         // direction += (θ − θ_i) / n
         let moved: Vec<Tensor> = theta.iter().zip(learner.params()).map(|(t, p)| t - p.detach()).collect();

@@ -28,7 +28,7 @@ pub fn gradient(
             outcome.tokens += batch.tokens();
             accumulate(grad, &grads, scale);
         }
-        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.pad_id, learner.device);
+        let query = task.next_batch(Split::Query, meta.query_batch_size, learner.training_batches());
         let (loss, grads) = learner.loss_and_grads(&query)?;
         outcome.query_loss = Some(loss.detach());
         outcome.tokens += query.tokens();

@@ -117,6 +117,9 @@ enum AttentionMask {
     Causal,
     /// Boolean [batch, 1, seq, seq]: causal and key not padding.
     Explicit(Tensor),
+    /// Packed examples of these lengths in one [1, Σ len] stream: causal within each example,
+    /// nothing across (each example's own fused causal SDPA).
+    Segments(Vec<i64>),
 }
 
 impl AttentionMask {
@@ -239,23 +242,23 @@ impl Attention {
             }
             *cache = Some((k.shallow_clone(), v.shallow_clone()));
         }
-        // 3. Scaled dot-product attention; kv heads are shared by groups of query heads.
+        // 3. Scaled dot-product attention; kv heads are shared by groups of query heads. The
+        // math kernel is the one libtorch can differentiate twice (second-order MAML).
         let gqa = self.num_kv_heads != self.num_heads;
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| {
+            let causal = mask.is_none();
+            match self.twice_differentiable {
+                true => Tensor::internal_scaled_dot_product_attention_math(q, k, v, mask, 0.0, causal, None, None, gqa).0,
+                false => Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, gqa),
+            }
+        };
         let out = match mask {
-            // The math kernel is the one libtorch can differentiate twice (second-order MAML).
-            _ if self.twice_differentiable => {
-                let explicit = match mask {
-                    AttentionMask::Causal => None,
-                    AttentionMask::Explicit(m) => Some(m),
-                };
-                let causal = explicit.is_none();
-                Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, explicit, 0.0, causal, None, None, gqa).0
-            }
-            AttentionMask::Causal => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
-            }
-            AttentionMask::Explicit(m) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
+            AttentionMask::Causal => attend(&q, &k, &v, None),
+            AttentionMask::Explicit(m) => attend(&q, &k, &v, Some(m)),
+            AttentionMask::Segments(lengths) => {
+                let (qs, ks, vs) = (q.split_with_sizes(lengths, 2), k.split_with_sizes(lengths, 2), v.split_with_sizes(lengths, 2));
+                let outs: Vec<Tensor> = (0..lengths.len()).map(|i| attend(&qs[i], &ks[i], &vs[i], None)).collect();
+                Tensor::cat(&outs, 2)
             }
         };
         // 4. Merge heads and project back to the hidden size.
@@ -373,6 +376,13 @@ impl LayerInputs {
         let (cos, sin) = rotary.cos_sin(positions, kind);
         Self { cos, sin, mask: AttentionMask::new(attention_mask, seq) }
     }
+
+    /// Packed examples of `lengths` in one stream: `position_ids` [1, Σ len] restart at each
+    /// example, and attention stays within it.
+    pub fn packed(rotary: &Rotary, position_ids: &Tensor, lengths: &[i64], kind: Kind) -> Self {
+        let (cos, sin) = rotary.cos_sin(position_ids, kind);
+        Self { cos, sin, mask: AttentionMask::Segments(lengths.to_vec()) }
+    }
 }
 
 /// Token embeddings [batch, seq, hidden] of `input_ids` under the embedding matrix [vocab, hidden].
@@ -425,6 +435,10 @@ impl CausalLm {
         self.vocab_size
     }
 
+    pub fn rotary(&self) -> &Rotary {
+        &self.rotary
+    }
+
     /// The LM head's weight [vocab, hidden] (the embedding matrix when tied).
     pub fn lm_head(&self) -> &Tensor {
         &self.lm_head
@@ -469,15 +483,20 @@ impl CausalLm {
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
     ) -> Tensor {
+        let kind = self.embed_tokens.kind();
+        let inputs = LayerInputs::new(&self.rotary, input_ids, attention_mask, position_ids, kind);
+        self.hidden_states_with(input_ids, &inputs)
+    }
+
+    /// [`CausalLm::hidden_states`] under given rotary angles and mask (packed examples, say).
+    pub fn hidden_states_with(&self, input_ids: &Tensor, inputs: &LayerInputs) -> Tensor {
         // 1. Token embeddings.
         let mut h = embed(&self.embed_tokens, input_ids);
-        // 2. Rotary angles and the causal (and padding) mask, shared by all layers.
-        let inputs = LayerInputs::new(&self.rotary, input_ids, attention_mask, position_ids, h.kind());
-        // 3. The decoder stack.
+        // 2. The decoder stack, every layer under the same rotary angles and mask.
         for layer in &self.layers {
-            h = layer.forward(&h, &inputs);
+            h = layer.forward(&h, inputs);
         }
-        // 4. Final norm (the LM head is applied by the caller).
+        // 3. Final norm (the LM head is applied by the caller).
         self.norm.forward(&h)
     }
 }

@@ -179,7 +179,7 @@ impl Trainer {
             / (1 << 20) as f64;
         let mut last_checkpoint = None;
         while self.step < end {
-            let started = Instant::now();
+            let (started, computed_before) = (Instant::now(), self.learner.computed_tokens());
             reset_peak_rss();
             // Dropout (LoRA) draws from libtorch's generator: seeded per step, so a resumed run
             // draws what the uninterrupted one did.
@@ -218,7 +218,8 @@ impl Trainer {
             let mut scalars = step_metrics(&outcomes, grad_norm);
             scalars.push(("lr".into(), self.optimizer.base_lr() * lr_factor));
             scalars.push(("meta/skipped_steps".into(), self.skipped_steps as f64));
-            scalars.extend(self.perf_metrics(&outcomes, seconds, state_mib));
+            let computed = self.learner.computed_tokens() - computed_before;
+            scalars.extend(self.perf_metrics(&outcomes, computed, seconds, state_mib));
             let freq = self.config.trainer.test_freq as u64;
             if freq > 0 && (self.step % freq == 0 || self.step == total) {
                 scalars.extend(self.evaluate().map_err(|e| self.comm_failure(e))?);
@@ -260,10 +261,11 @@ impl Trainer {
     }
 
     /// Throughput and memory of the step just taken.
-    fn perf_metrics(&self, outcomes: &[TaskOutcome], seconds: f64, state_mib: f64) -> Vec<(String, f64)> {
+    fn perf_metrics(&self, outcomes: &[TaskOutcome], computed: i64, seconds: f64, state_mib: f64) -> Vec<(String, f64)> {
         let tokens = outcomes.iter().map(|o| o.tokens).sum::<i64>() as f64;
         let mut scalars = vec![
             ("perf/tokens".into(), tokens),
+            ("perf/computed_tokens".into(), computed as f64),
             ("perf/tokens_per_s".into(), tokens / seconds),
             ("perf/step_time_s".into(), seconds),
             ("perf/rank_state_mib".into(), state_mib),

@@ -134,6 +134,7 @@ pub fn load(config: &Config, device: Device, shard_over: Option<SharedComm>) -> 
         }
     };
     learner.second_order = config.meta.second_order();
+    learner.unpadded = config.data.unpadded;
 
     let encoding = Encoding::new(&tokenizer, &config.data);
     let seed = config.trainer.seed;

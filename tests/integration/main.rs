@@ -25,3 +25,4 @@ mod run_dir;
 mod task_files;
 mod train;
 mod train_cli;
+mod unpadded;
