@@ -7,11 +7,19 @@ buffer (scaled by 1/tasks), θ restored with copy_; then clip_grad_norm_(1.0) an
 Loss: token cross-entropy on positions whose next token is in the loss mask, summed and divided by
 the number of scored tokens (verl's SFT loss).
 
-Environment: BENCH_THREADS (default: all cores), BENCH_WARMUP (2), BENCH_STEPS (5).
-Prints one line `RESULT impl=pytorch threads=.. meta_steps_per_s=.. tokens_per_s=..`.
+With BENCH_POOLS (a JSON file of each task's support and query example lengths, as the Rust bench
+writes with BENCH_POOLS_OUT) the examples have those lengths instead of SEQ, and each batch is
+right-padded to its longest example with an attention mask, as transformers runs variable-length
+batches (the response is the second half of each example).
+
+Environment: BENCH_THREADS (default: all cores), BENCH_WARMUP (2), BENCH_STEPS (5), BENCH_POOLS.
+Prints one line `RESULT impl=pytorch threads=.. meta_steps_per_s=.. tokens_per_s=..
+computed_tokens_per_step=.. peak_rss_mib=..` (the peak over the whole process, model set-up included).
 """
 
+import json
 import os
+import resource
 import time
 
 import torch
@@ -38,7 +46,7 @@ def main():
         num_key_value_heads=4,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         tie_word_embeddings=False,
         hidden_act="silu",
         use_cache=False,
@@ -47,12 +55,17 @@ def main():
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
 
-    # Random tokens, every sequence full length; the second half is the response (loss mask 1).
+    # Random tokens; every sequence SEQ long, or of the lengths BENCH_POOLS gives; the second half
+    # of each is the response (loss mask 1).
     g = torch.Generator().manual_seed(1)
-    loss_mask_row = (torch.arange(SEQ) >= SEQ // 2).long()
+    if "BENCH_POOLS" in os.environ:
+        with open(os.environ["BENCH_POOLS"]) as f:
+            lengths = json.load(f)
+    else:
+        lengths = {split: [[SEQ] * POOL for _ in range(TASKS)] for split in ("support", "query")}
     pools = [
-        {split: torch.randint(0, VOCAB, (POOL, SEQ), generator=g) for split in ("support", "query")}
-        for _ in range(TASKS)
+        {split: [torch.randint(0, VOCAB, (n,), generator=g) for n in lengths[split][task]] for split in ("support", "query")}
+        for task in range(TASKS)
     ]
     # Epoch-by-epoch walk through each split (a fresh permutation per epoch), as the Rust sampler.
     cursors = [{"support": [0, torch.randperm(POOL, generator=g)], "query": [0, torch.randperm(POOL, generator=g)]}
@@ -64,12 +77,16 @@ def main():
         for _ in range(n):
             if state[0] == POOL:
                 state[0], state[1] = 0, torch.randperm(POOL, generator=g)
-            rows.append(state[1][state[0]])
+            rows.append(pools[task][split][state[1][state[0]]])
             state[0] += 1
-        ids = pools[task][split][torch.stack(rows)]
-        attention = torch.ones_like(ids)
-        positions = torch.arange(SEQ).unsqueeze(0).expand(n, SEQ)
-        loss_mask = loss_mask_row.unsqueeze(0).expand(n, SEQ)
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        attention = torch.zeros(n, width, dtype=torch.long)
+        loss_mask = torch.zeros(n, width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], attention[i, : len(r)] = r, 1
+            loss_mask[i, len(r) // 2 : len(r)] = 1
+        positions = torch.arange(width).unsqueeze(0).expand(n, width)
         return ids, attention, positions, loss_mask
 
     def loss_of(batch):
@@ -89,7 +106,7 @@ def main():
             buf.zero_()
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
-        tokens, query_losses = 0, []
+        tokens, computed, query_losses = 0, 0, []
         for task in range(TASKS):
             for _ in range(INNER_STEPS):
                 batch = next_batch(task, "support", INNER_BATCH)
@@ -99,6 +116,7 @@ def main():
                     for p, gr in zip(params, grads):
                         p.sub_(gr * INNER_LR)
                 tokens += int(batch[1].sum())
+                computed += batch[0].numel()
             batch = next_batch(task, "query", QUERY_BATCH)
             loss = loss_of(batch)
             grads = torch.autograd.grad(loss, params)
@@ -108,26 +126,29 @@ def main():
                 for p, t in zip(params, theta):
                     p.copy_(t)
             tokens += int(batch[1].sum())
+            computed += batch[0].numel()
             query_losses.append(loss.item())
         for p, buf in zip(params, meta_grad):
             p.grad = buf
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        return tokens, sum(query_losses) / len(query_losses)
+        return tokens, computed, sum(query_losses) / len(query_losses)
 
     for _ in range(warmup):
         meta_step()
-    tokens, last_loss = 0, float("nan")
+    tokens, computed, last_loss = 0, 0, float("nan")
     started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        t, last_loss = meta_step()
+        t, c, last_loss = meta_step()
         tokens += t
+        computed += c
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     print(
         f"RESULT impl=pytorch threads={threads} steps={steps} seconds={seconds:.3f} cpu_seconds={cpu_seconds:.2f} "
         f"meta_steps_per_s={steps / seconds:.4f} tokens_per_s={tokens / seconds:.1f} "
-        f"tokens_per_step={tokens // max(steps, 1)} query_loss={last_loss:.4f}",
+        f"tokens_per_step={tokens // max(steps, 1)} computed_tokens_per_step={computed // max(steps, 1)} "
+        f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} query_loss={last_loss:.4f}",
         flush=True,
     )
 

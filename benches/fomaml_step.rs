@@ -14,7 +14,8 @@
 //! longest row instead of packed.
 //!
 //! Environment: `BENCH_THREADS` (default: all cores), `BENCH_WARMUP` (2), `BENCH_STEPS` (5),
-//! `BENCH_LENGTHS` (fixed), `BENCH_UNPADDED` (1). Prints one line `RESULT impl=rust threads=..
+//! `BENCH_LENGTHS` (fixed), `BENCH_UNPADDED` (1), `BENCH_POOLS_OUT` (a file for the examples'
+//! lengths, task by task and split by split, for bench/fomaml_step_torch.py's `BENCH_POOLS`). Prints one line `RESULT impl=rust threads=..
 //! meta_steps_per_s=.. tokens_per_s=.. computed_tokens_per_step=.. peak_rss_mib=..`.
 
 use std::time::Instant;
@@ -124,13 +125,22 @@ fn main() {
         };
         lengths.into_iter().map(|len| random_example(rng, len)).collect()
     };
+    let mut pool_lengths = serde_json::json!({"support": [], "query": []});
     let mut tasks: Vec<TaskData> = (0..TASKS)
         .map(|i| {
             let support = pool(&mut rng);
             let query = pool(&mut rng);
+            for (split, examples) in [("support", &support), ("query", &query)] {
+                let lengths: Vec<usize> = examples.iter().map(|e: &EncodedExample| e.input_ids.len()).collect();
+                pool_lengths[split].as_array_mut().expect("a list").push(lengths.into());
+            }
             TaskData::from_examples(&format!("task{i}"), support, query, 7).expect("non-empty splits")
         })
         .collect();
+    // The PyTorch bench builds its pools with these lengths (bench/padding_free.sh).
+    if let Ok(path) = std::env::var("BENCH_POOLS_OUT") {
+        std::fs::write(&path, pool_lengths.to_string()).unwrap_or_else(|e| panic!("BENCH_POOLS_OUT={path}: {e}"));
+    }
     let meta = MetaSection {
         inner_lr: 1e-3,
         num_inner_steps: 5,
