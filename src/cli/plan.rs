@@ -1,11 +1,14 @@
 //! `fomaml plan`: will this config fit, and how long will a meta-step take?
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::model::ModelConfig;
-use crate::plan::{gpu, plan, Workload, GPUS};
+use crate::config::Config;
+use crate::data::tasks::{Encoding, Split, TaskData};
+use crate::data::ChatTokenizer;
+use crate::plan::{gpu, plan, row_tokens, Workload, GPUS};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -22,7 +25,8 @@ pub struct PlanArgs {
     /// a100-40gb, a100-80gb, h100-80gb, h100-94gb or h200.
     #[arg(long, default_value = "a100-80gb")]
     pub gpu: String,
-    /// Tokens per example (default: data.max_length, the worst case).
+    /// Tokens per example (default: data.max_length, the worst case, for memory; the time counts
+    /// the tasks' measured lengths when the model's tokenizer and the task files are at hand).
     #[arg(long)]
     pub seq_len: Option<i64>,
     /// Share of an example's tokens that are scored (the response).
@@ -36,6 +40,26 @@ pub struct PlanArgs {
     pub overhead_gib: f64,
     /// Config overrides, e.g. model.lora_rank=16.
     pub overrides: Vec<String>,
+}
+
+/// The training tasks' example lengths (support and query), tokenized as training will: needs the
+/// model's tokenizer and the task files; `Err` says what is missing.
+fn measured_lengths(config: &Config, model: &Path) -> Result<Vec<usize>, String> {
+    let dir = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new(".")) };
+    let tokenizer = ChatTokenizer::from_dir(dir).map_err(|_| format!("no tokenizer in {}", dir.display()))?;
+    if config.meta.tasks.is_empty() {
+        return Err("the config lists no tasks".into());
+    }
+    let encoding = Encoding::new(&tokenizer, &config.data);
+    let mut lengths = Vec::new();
+    for section in &config.meta.tasks {
+        let task = TaskData::load(section, &encoding, &config.data, config.trainer.seed, 0, 1)
+            .map_err(|e| format!("task `{}`: {e:#}", section.name))?;
+        for split in [Split::Support, Split::Query] {
+            lengths.extend(task.examples(split).iter().map(|e| e.input_ids.len()));
+        }
+    }
+    Ok(lengths)
 }
 
 pub fn run(args: &PlanArgs) -> Result<()> {
@@ -56,12 +80,37 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         })?;
         ModelConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
     };
+    let (lengths, lengths_note) = match (&args.seq_len, measured_lengths(&config, &path)) {
+        (Some(n), _) => (None, format!("every row {n} tokens (--seq-len)")),
+        (None, Ok(lengths)) => {
+            let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
+            let max = lengths.iter().max().copied().unwrap_or(0);
+            let how = match config.data.unpadded {
+                true => "real tokens (data.unpadded)",
+                false => "the expected longest row of each padded batch (data.unpadded: false)",
+            };
+            let note = format!(
+                "measured from the tasks' {} examples (mean {mean:.0}, longest {max} tokens): the time counts {how}; \
+                 memory keeps the worst case, every row data.max_length ({})",
+                lengths.len(),
+                config.data.max_length
+            );
+            (Some(lengths), note)
+        }
+        (None, Err(why)) => {
+            (None, format!("unknown ({why}): every row counted at data.max_length ({}), the worst case", config.data.max_length))
+        }
+    };
+    let measured_row_tokens = lengths
+        .as_deref()
+        .and_then(|l| row_tokens(l, config.meta.inner_batch_size, config.data.unpadded));
     let work = Workload {
         gpus: args.gpus,
         seq_len: args.seq_len.unwrap_or(config.data.max_length as i64),
         scored_fraction: args.scored_fraction,
         mfu: args.mfu,
         overhead_bytes: args.overhead_gib * (1u64 << 30) as f64,
+        measured_row_tokens,
     };
     let p = plan(&config, &model, &work, Some(gpu)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let gib = |b: f64| b / (1u64 << 30) as f64;
@@ -76,6 +125,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         work.seq_len,
         config.model.dtype
     );
+    println!("lengths: {lengths_note}");
     println!("\n| per GPU | GiB | |\n|---|---|---|");
     for line in &p.lines {
         println!("| {} | {:.2} | {} |", line.what, gib(line.bytes), line.note);

@@ -45,6 +45,10 @@ pub struct Workload {
     pub mfu: f64,
     /// CUDA context, cuBLAS workspaces and allocator slack, per GPU.
     pub overhead_bytes: f64,
+    /// Tokens a batch row costs on average, measured from the tasks' examples when their lengths
+    /// are known: real tokens for unpadded batches, the expected longest row for padded ones. The
+    /// time estimate uses it; memory keeps `seq_len`, the worst case.
+    pub measured_row_tokens: Option<f64>,
 }
 
 /// One line of the memory table.
@@ -86,6 +90,29 @@ fn master_bytes(dtype: &str) -> f64 {
 
 fn shard_elements(layout: &Layout, world: usize) -> i64 {
     layout.units.iter().filter(|u| u.numel > 0).map(|u| u.shard_len(world)).sum()
+}
+
+/// What a batch row of `rows_per_batch` examples costs on average, from the examples' lengths:
+/// the mean length when batches are unpadded, else the mean of the longest of `rows_per_batch`
+/// draws with replacement (each row padded to it), exactly for the lengths' distribution.
+pub fn row_tokens(lengths: &[usize], rows_per_batch: usize, unpadded: bool) -> Option<f64> {
+    if lengths.is_empty() {
+        return None;
+    }
+    let n = lengths.len() as f64;
+    if unpadded || rows_per_batch <= 1 {
+        return Some(lengths.iter().sum::<usize>() as f64 / n);
+    }
+    // E[max of k draws with replacement] = Σ_i x_(i) · ((i/n)^k − ((i−1)/n)^k) over sorted x.
+    let mut sorted = lengths.to_vec();
+    sorted.sort_unstable();
+    let k = rows_per_batch as i32;
+    let expected = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x as f64 * (((i + 1) as f64 / n).powi(k) - (i as f64 / n).powi(k)))
+        .sum();
+    Some(expected)
 }
 
 /// The estimate for `config` on `model` (its config.json) under `work`; `gpu` adds the time.
@@ -212,10 +239,12 @@ pub fn plan(config: &Config, model: &ModelConfig, work: &Workload, gpu: Option<G
     // for a frozen base) per token; causal attention 2·L·s·d per token per forward pass.
     let n_total = (trainable.numel() + frozen.numel()) as f64;
     let backward = if lora.is_some() { 2.0 * n_total + 4.0 * trainable.numel() as f64 } else { 4.0 * n_total };
-    let attention = 2.0 * layers as f64 * work.seq_len as f64 * (model.num_attention_heads * model.head_dim) as f64;
+    // Tokens a row costs: measured when the lengths are known, else the worst case.
+    let per_row = work.measured_row_tokens.unwrap_or(work.seq_len as f64);
+    let attention = 2.0 * layers as f64 * per_row * (model.num_attention_heads * model.head_dim) as f64;
     let per_token = 4.0 * n_total + backward + 4.0 * attention;
     let batches = (meta.num_inner_steps * meta.inner_batch_size + meta.query_batch_size) as f64;
-    let tokens_per_step = meta.meta_batch_size as f64 * batches * work.seq_len as f64;
+    let tokens_per_step = meta.meta_batch_size as f64 * batches * per_row;
     let flops_per_step = tokens_per_step * per_token;
     let seconds_per_step = gpu.map(|g| flops_per_step / (world as f64 * g.bf16_flops * work.mfu));
     Ok(Plan {
@@ -240,7 +269,7 @@ mod tests {
     fn sharding_divides_the_state_and_lora_keeps_only_the_adapter() {
         let model = ModelConfig::from_json(include_str!("../../configs/models/qwen3-4b.json")).unwrap();
         let config = Config::from_yaml(include_str!("../../configs/qwen3_4b_math.yaml"), "qwen3", &[]).unwrap();
-        let work = Workload { gpus: 1, seq_len: 2048, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0 };
+        let work = Workload { gpus: 1, seq_len: 2048, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
         let one = plan(&config, &model, &work, gpu("a100-80gb")).unwrap();
         let four = plan(&config, &model, &Workload { gpus: 4, ..work.clone() }, gpu("a100-80gb")).unwrap();
         assert_eq!(one.trainable, 4_022_468_096);
@@ -258,6 +287,15 @@ mod tests {
         assert!(adapter.seconds_per_step.is_none());
     }
 
+    #[test]
+    fn a_padded_row_costs_the_expected_longest_of_the_batch() {
+        assert_eq!(row_tokens(&[], 4, true), None);
+        assert_eq!(row_tokens(&[10, 30], 4, true), Some(20.0));
+        // Two equally likely lengths, batches of 2: the longest is 30 unless both draws are 10.
+        assert_eq!(row_tokens(&[10, 30], 2, false), Some(0.25 * 10.0 + 0.75 * 30.0));
+        assert_eq!(row_tokens(&[7, 7, 7], 8, false), Some(7.0));
+    }
+
     /// The asynchronous save's copy (θ + two moments, 12 bytes per parameter of a rank's shard)
     /// is counted on the GPU where it fits, else in host memory; a synchronous save holds only
     /// its chunks.
@@ -265,7 +303,7 @@ mod tests {
     fn a_save_counts_its_copy_where_it_will_be() {
         let model = ModelConfig::from_json(include_str!("../../configs/models/qwen3-4b.json")).unwrap();
         let config = Config::from_yaml(include_str!("../../configs/qwen3_4b_math.yaml"), "qwen3", &[]).unwrap();
-        let work = Workload { gpus: 4, seq_len: 512, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0 };
+        let work = Workload { gpus: 4, seq_len: 512, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
         let copy = |p: &Plan| p.lines.iter().find(|l| l.what.starts_with("checkpoint copy")).map(|l| l.bytes);
         let saved = 12.0 * 4_022_468_096.0 / 4.0;
         let roomy = plan(&config, &model, &work, gpu("h200")).unwrap();
