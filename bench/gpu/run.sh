@@ -6,7 +6,8 @@
 # is one (a failure is recorded, the timing still runs); the measured bf16 matmul peak; a random-init
 # Llama-3.2-1B-shaped model; synthetic tasks whose rows are exactly SEQ tokens; fomaml's FOMAML
 # meta-steps (`fomaml train`) and the same steps in PyTorch eager (bench/gpu/fomaml_step_torch.py),
-# each watched by nvidia-smi every 0.1 s; then a table, printed last (bench/gpu/summarise.py).
+# each watched by nvidia-smi every 0.1 s; in the time left, fomaml on MATH-like lengths, unpadded and
+# padded; then the tables, printed last (bench/gpu/summarise.py).
 # Logs and gpu_bench.json go to $OUT when set (the device's return folder), else runs/gpubench/<time>.
 # Exits non-zero when any phase failed, after printing the table of what was measured.
 #
@@ -124,7 +125,7 @@ config=$(cat <<JSON
            "lr_scheduler": "constant", "warmup_steps_ratio": 0.0},
  "trainer": {"total_steps": $total, "seed": 0, "test_freq": 0, "logger": ["console", "jsonl"],
              "default_local_dir": "$work/ours", "device": "$DEVICE", "nan_policy": "abort",
-             "sharding": "$SHARDING", "backend": "$BACKEND"$threads_yaml},
+             "sharding": "$SHARDING", "backend": "$BACKEND", "preempt_signals": []$threads_yaml},
  "checkpoint": {"save_freq": 0, "save_final": false, "resume_mode": "disable"}}
 JSON
 )
@@ -161,7 +162,8 @@ smi_stop() {
 # run_measured NAME LOG CAP PHASES_AFTER DONE_FILE DONE_LINES CMD...: runs CMD under nvidia-smi
 # sampling, stops it at its time allowance, or once DONE_FILE has DONE_LINES complete lines (the
 # trainer has logged its last step; with checkpoint.save_final: false it saves nothing and exits by
-# itself). Leaves phase_status ok|stopped|timeout|exit N.
+# itself, and with trainer.preempt_signals: [] SIGTERM ends it at once instead of saving first).
+# Leaves phase_status ok|stopped|timeout|exit N.
 run_measured() {
   local name=$1 log=$2 limit; limit=$(allowance "$3" "$4"); local done_file=$5 done_lines=$6; shift 6
   if [ "$limit" -le 0 ]; then phase_status="skipped (time budget)"; echo "$name: $phase_status"; return; fi
@@ -217,6 +219,26 @@ for head in $TORCH_HEADS; do
   fi
   [ "$phase_status" = ok ] || failures+=("PyTorch eager, head $head ($phase_status)")
 done
+
+# Last, in whatever time is left (nothing is reserved for it): fomaml on MATH-like lengths, unpadded
+# (the default) and padded, the same batches.
+echo "== fomaml on MATH-like lengths, unpadded and padded: $logdir/varlen.log"
+vtasks=$work/tasks-varlen
+if "$PY" "$here/tasks.py" make "$model" "$vtasks" --seq "$SEQ" --tasks "$META_BATCH" --lengths math \
+    --support $(( INNER_STEPS * INNER_BATCH )) --query $(( 2 * QUERY_BATCH )) --config-json "$config" \
+    > "$res/tasks-varlen.json" 2>> "$logdir/setup.log"; then
+  cat "$res/tasks-varlen.json"
+  for layout in unpadded padded; do
+    unpadded=true; [ "$layout" = unpadded ] || unpadded=false
+    run_measured "varlen-$layout" "$logdir/varlen.log" 120 0 "$work/varlen-$layout/metrics.jsonl" "$total" \
+      "$stage/fomaml" train --config "$vtasks/config.yaml" "data.unpadded=$unpadded" \
+      "trainer.default_local_dir=$work/varlen-$layout"
+    [ ! -f "$work/varlen-$layout/metrics.jsonl" ] || cp "$work/varlen-$layout/metrics.jsonl" "$res/varlen-$layout-metrics.jsonl"
+    case "$phase_status" in ok|stopped|"skipped (time budget)") ;; *) failures+=("fomaml train, $layout MATH-like ($phase_status)") ;; esac
+  done
+else
+  failures+=("tasks.py make --lengths math")
+fi
 
 echo "== table (raw numbers: $logdir/gpu_bench.json)"
 "$PY" "$here/summarise.py" "$res" "$logdir/gpu_bench.json" || die "summarise.py failed"

@@ -103,10 +103,29 @@ for row in rows:
     row["mfu"] = tps * flops_per_token / peak_flops if tps and peak_flops else None
     row["ours_over_this"] = ours["tokens_per_s"] / tps if tps and ours.get("tokens_per_s") else None
 
+
+def varlen_row(layout):
+    """Timed steps of fomaml on the MATH-like tasks: real and computed tokens, time, peak memory."""
+    path = res / f"varlen-{layout}-metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [r.get("scalars", r) for r in (json.loads(l) for l in path.read_text().splitlines() if l.strip())]
+    timed = records[settings["warmup"]:][: settings["steps"]]
+    if not timed:
+        return None
+    seconds = sum(r["perf/step_time_s"] for r in timed)
+    real = sum(r["perf/tokens"] for r in timed)
+    computed = sum(r.get("perf/computed_tokens", float("nan")) for r in timed)
+    memory = max((r.get("perf/peak_gpu_mib", r.get("perf/peak_rss_mib", 0)) for r in records), default=None)
+    return {"layout": layout, "steps": len(timed), "step_s": seconds / len(timed), "real_tokens_per_step": real / len(timed),
+            "computed_tokens_per_step": computed / len(timed), "real_tokens_per_s": real / seconds, "peak_mib": memory}
+
+
+varlen = {layout: varlen_row(layout) for layout in ("padded", "unpadded")}
 out = {"settings": settings, "model": model, "tasks": tasks, "peak_matmul": peak,
        "flops_per_token": {"total": flops_per_token, "dense_6n": 6 * dense, "attention": attention,
                            "n_dense": dense, "head_counted": True},
-       "expected_tokens_per_step": expected_tokens, "rows": rows}
+       "expected_tokens_per_step": expected_tokens, "rows": rows, "varlen": varlen}
 tmp = json_out.with_name(json_out.name + ".partial")
 tmp.write_text(json.dumps(out, indent=2) + "\n")
 tmp.rename(json_out)
@@ -139,3 +158,18 @@ for row in rows:
     mfu = "—" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
     ratio = "—" if row["ours_over_this"] is None else f"{row['ours_over_this']:.2f}×"
     print(f"| {row['impl']} | {tps} | {mfu} | {row['smi_cell']} | {row.get('allocator', 'n/a')} | {ratio} |")
+if any(varlen.values()):
+    info = load("tasks-varlen.json", {})
+    print(f"\nMATH-like lengths (mean {info.get('mean_row_tokens', float('nan')):.0f} tokens per row, cut to {seq}); "
+          "fomaml, same batches:")
+    print("\n| batches | timed steps | real tokens / step | computed tokens / step | meta-step (s) | real tokens/s | peak memory (MiB) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = varlen["padded"]
+    for layout, r in varlen.items():
+        if r is None:
+            print(f"| {layout} | not run | | | | | | |")
+            continue
+        speed = f"{base['step_s'] / r['step_s']:.2f}×" if base else "—"
+        print(f"| {layout} | {r['steps']} | {r['real_tokens_per_step']:.0f} | {r['computed_tokens_per_step']:.0f} | "
+              f"{r['step_s']:.2f} | {r['real_tokens_per_s']:.0f} | {fmt(r['peak_mib'], '.0f')} | {speed} |")
+

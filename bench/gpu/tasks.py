@@ -1,7 +1,8 @@
-"""Synthetic FOMAML tasks whose every row is exactly --seq tokens after the chat template, the config
-that trains fomaml on them, and verl's SFT encoding for the PyTorch side.
+"""Synthetic FOMAML tasks whose every row is exactly --seq tokens after the chat template (or, with
+--lengths math, of MATH-like lengths cut to --seq), the config that trains fomaml on them, and
+verl's SFT encoding for the PyTorch side.
 
-    python bench/gpu/tasks.py make MODEL_DIR OUT_DIR --seq 2048 --tasks 4 --support 20 --query 4 [--config-json '{...}']
+    python bench/gpu/tasks.py make MODEL_DIR OUT_DIR --seq 2048 --tasks 4 --support 20 --query 4 [--config-json '{...}'] [--lengths math]
     python bench/gpu/tasks.py check MODEL_DIR OUT_DIR FOMAML_BINARY
 
 Rows are random characters: the staged tokenizer is character-level, so a row's length in tokens is
@@ -10,6 +11,7 @@ encoding of the first row (`fomaml encode`) with the one the PyTorch bench uses,
 """
 import argparse
 import json
+import math
 import random
 import string
 import subprocess
@@ -51,25 +53,41 @@ def make(a):
         sys.exit(f"tasks.py: --seq {a.seq} is too short for a prompt (template {empty_prompt}, response {response_tokens})")
     rng = random.Random(a.seed)
     text = lambda n: "".join(rng.choice(ALPHABET) for _ in range(n))
+
+    def length():
+        """A row's tokens: --seq, or MATH-like (data::synthetic::math_like_lengths' log-normal: median
+        about 270, long tail) cut to [shortest, --seq]."""
+        if a.lengths == "fixed":
+            return a.seq
+        shortest = max(32, 2 * empty_prompt + 4)  # room for a prompt beside half the row as response
+        return max(shortest, min(a.seq, int(math.exp(5.6 + 0.7 * rng.gauss(0.0, 1.0)))))
+
+    def row(n):
+        response = max(2, round(n * a.response_fraction))
+        return {"prompt": text(n - empty_prompt - response), "response": text(response - 1)}, n
+
     out = Path(a.out)
-    tasks = []
+    tasks, all_lengths = [], []
     for t in range(a.tasks):
         d = out / "tasks" / f"task_{t:02d}"
         d.mkdir(parents=True, exist_ok=False)
         entry = {"name": d.name}
         for split, n in (("support", a.support), ("query", a.query)):
-            rows = [{"prompt": text(prompt_chars), "response": text(response_tokens - 1)} for _ in range(n)]
-            for row in rows:
-                ids, _ = encode(tok, row["prompt"], row["response"])
-                if len(ids) != a.seq:
-                    sys.exit(f"tasks.py: a {split} row of {d.name} encodes to {len(ids)} tokens, not {a.seq}")
+            made = [row(length()) for _ in range(n)]
+            rows = [r for r, _ in made]
+            for r, want in made:
+                ids, _ = encode(tok, r["prompt"], r["response"])
+                if len(ids) != want:
+                    sys.exit(f"tasks.py: a {split} row of {d.name} encodes to {len(ids)} tokens, not {want}")
+                all_lengths.append(want)
             path = d / f"{split}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             entry[f"{split}_files"] = [str(path.resolve())]
         tasks.append(entry)
     write_config(out / "config.yaml", json.loads(a.config_json), tasks)
     print(json.dumps({"tasks": a.tasks, "support_rows": a.support, "query_rows": a.query, "seq": a.seq,
-                      "prompt_tokens": a.seq - response_tokens, "response_tokens_with_eos": response_tokens}))
+                      "prompt_tokens": a.seq - response_tokens, "response_tokens_with_eos": response_tokens,
+                      "lengths": a.lengths, "mean_row_tokens": sum(all_lengths) / len(all_lengths)}))
 
 
 def write_config(path, settings, tasks):
@@ -114,6 +132,7 @@ if __name__ == "__main__":
     m.add_argument("--query", type=int, required=True)
     m.add_argument("--response-fraction", type=float, default=0.5)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--lengths", choices=["fixed", "math"], default="fixed")
     m.add_argument("--config-json", default="{}")
     c = sub.add_parser("check")
     c.add_argument("model")
