@@ -210,7 +210,8 @@ fn rank_state_mib(run_dir: &Path) -> f64 {
 fn planned_state_mib(run: &SyntheticRun, gpus: usize) -> f64 {
     use fomaml::plan::{plan, Workload};
     let model = fomaml::model::ModelConfig::from_dir(Path::new(&run.config.model.partial_pretrain)).unwrap();
-    let work = Workload { gpus, seq_len: 64, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
+    let work =
+        Workload { gpus, seq_len: 64, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
     plan(&run.config, &model, &work, None).unwrap().rank_state_bytes / (1 << 20) as f64
 }
 

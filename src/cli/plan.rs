@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::model::ModelConfig;
 use crate::config::Config;
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
+use crate::model::ModelConfig;
 use crate::plan::{gpu, plan, row_tokens, Workload, GPUS};
 
 #[derive(Debug, clap::Args)]
@@ -97,13 +97,16 @@ pub fn run(args: &PlanArgs) -> Result<()> {
             );
             (Some(lengths), note)
         }
-        (None, Err(why)) => {
-            (None, format!("unknown ({why}): every row counted at data.max_length ({}), the worst case", config.data.max_length))
-        }
+        (None, Err(why)) => (
+            None,
+            format!(
+                "unknown ({why}): every row counted at data.max_length ({}), the worst case",
+                config.data.max_length
+            ),
+        ),
     };
-    let measured_row_tokens = lengths
-        .as_deref()
-        .and_then(|l| row_tokens(l, config.meta.inner_batch_size, config.data.unpadded));
+    let measured_row_tokens =
+        lengths.as_deref().and_then(|l| row_tokens(l, config.meta.inner_batch_size, config.data.unpadded));
     let work = Workload {
         gpus: args.gpus,
         seq_len: args.seq_len.unwrap_or(config.data.max_length as i64),

@@ -284,7 +284,8 @@ impl SftBatch {
             let (o, w) = (offset as usize, width as usize);
             let cut = |t: &Tensor| t.narrow(1, offset, width);
             let real = self.host.real[from..to].to_vec();
-            let host = HostView { width: w, real, loss: self.host.loss[o..o + w].to_vec(), right_padded: false, packed: true };
+            let host =
+                HostView { width: w, real, loss: self.host.loss[o..o + w].to_vec(), right_padded: false, packed: true };
             return self.with_host(cut, host);
         }
         let longest = self.host.real[from..to].iter().copied().max().unwrap_or(0);

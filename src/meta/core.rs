@@ -14,8 +14,8 @@ use crate::distributed::fsdp::{Frozen, Fsdp, SharedComm};
 use crate::distributed::layout::Layout;
 use crate::distributed::CommError;
 use crate::meta::loss::masked_nll_sum_at_scored;
-use crate::model::loader::MappedWeights;
 use crate::model::llama::{LayerInputs, Rotary};
+use crate::model::loader::MappedWeights;
 use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, Weights};
 use crate::optim::{clip_to, squared_norm, Optimizer};
 
@@ -220,7 +220,9 @@ impl Learner {
     pub fn logits_at(&self, params: &[Tensor], batch: &SftBatch) -> Tensor {
         let model = self.model(params, true).expect("θ holds every weight the config names");
         let hidden = match batch.segments() {
-            Some(_) => model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind)),
+            Some(_) => {
+                model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind))
+            }
             None => model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.position_ids)),
         };
         hidden.linear::<Tensor>(model.lm_head(), None)
@@ -247,7 +249,8 @@ impl Learner {
         assert!(self.fsdp().is_none(), "a loss with a graph needs the whole model; use loss_and_grads");
         self.count(batch);
         let model = self.model(params, true).expect("θ holds every weight the config names");
-        let hidden = model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind));
+        let hidden =
+            model.hidden_states_with(&batch.input_ids, &layer_inputs(model.rotary(), batch, self.compute_kind));
         let sum = masked_nll_sum_at_scored(&hidden, model.lm_head(), &batch.input_ids, &batch.scored_positions);
         sum / batch.scored_tokens().max(1) as f64
     }

@@ -248,7 +248,9 @@ impl Attention {
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| {
             let causal = mask.is_none();
             match self.twice_differentiable {
-                true => Tensor::internal_scaled_dot_product_attention_math(q, k, v, mask, 0.0, causal, None, None, gqa).0,
+                true => {
+                    Tensor::internal_scaled_dot_product_attention_math(q, k, v, mask, 0.0, causal, None, None, gqa).0
+                }
                 false => Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, gqa),
             }
         };
@@ -256,7 +258,8 @@ impl Attention {
             AttentionMask::Causal => attend(&q, &k, &v, None),
             AttentionMask::Explicit(m) => attend(&q, &k, &v, Some(m)),
             AttentionMask::Segments(lengths) => {
-                let (qs, ks, vs) = (q.split_with_sizes(lengths, 2), k.split_with_sizes(lengths, 2), v.split_with_sizes(lengths, 2));
+                let (qs, ks, vs) =
+                    (q.split_with_sizes(lengths, 2), k.split_with_sizes(lengths, 2), v.split_with_sizes(lengths, 2));
                 let outs: Vec<Tensor> = (0..lengths.len()).map(|i| attend(&qs[i], &ks[i], &vs[i], None)).collect();
                 Tensor::cat(&outs, 2)
             }

@@ -269,7 +269,14 @@ mod tests {
     fn sharding_divides_the_state_and_lora_keeps_only_the_adapter() {
         let model = ModelConfig::from_json(include_str!("../../configs/models/qwen3-4b.json")).unwrap();
         let config = Config::from_yaml(include_str!("../../configs/qwen3_4b_math.yaml"), "qwen3", &[]).unwrap();
-        let work = Workload { gpus: 1, seq_len: 2048, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
+        let work = Workload {
+            gpus: 1,
+            seq_len: 2048,
+            scored_fraction: 0.5,
+            mfu: 0.4,
+            overhead_bytes: 0.0,
+            measured_row_tokens: None,
+        };
         let one = plan(&config, &model, &work, gpu("a100-80gb")).unwrap();
         let four = plan(&config, &model, &Workload { gpus: 4, ..work.clone() }, gpu("a100-80gb")).unwrap();
         assert_eq!(one.trainable, 4_022_468_096);
@@ -303,7 +310,14 @@ mod tests {
     fn a_save_counts_its_copy_where_it_will_be() {
         let model = ModelConfig::from_json(include_str!("../../configs/models/qwen3-4b.json")).unwrap();
         let config = Config::from_yaml(include_str!("../../configs/qwen3_4b_math.yaml"), "qwen3", &[]).unwrap();
-        let work = Workload { gpus: 4, seq_len: 512, scored_fraction: 0.5, mfu: 0.4, overhead_bytes: 0.0, measured_row_tokens: None };
+        let work = Workload {
+            gpus: 4,
+            seq_len: 512,
+            scored_fraction: 0.5,
+            mfu: 0.4,
+            overhead_bytes: 0.0,
+            measured_row_tokens: None,
+        };
         let copy = |p: &Plan| p.lines.iter().find(|l| l.what.starts_with("checkpoint copy")).map(|l| l.bytes);
         let saved = 12.0 * 4_022_468_096.0 / 4.0;
         let roomy = plan(&config, &model, &work, gpu("h200")).unwrap();

@@ -261,7 +261,13 @@ impl Trainer {
     }
 
     /// Throughput and memory of the step just taken.
-    fn perf_metrics(&self, outcomes: &[TaskOutcome], computed: i64, seconds: f64, state_mib: f64) -> Vec<(String, f64)> {
+    fn perf_metrics(
+        &self,
+        outcomes: &[TaskOutcome],
+        computed: i64,
+        seconds: f64,
+        state_mib: f64,
+    ) -> Vec<(String, f64)> {
         let tokens = outcomes.iter().map(|o| o.tokens).sum::<i64>() as f64;
         let mut scalars = vec![
             ("perf/tokens".into(), tokens),

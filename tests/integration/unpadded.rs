@@ -41,7 +41,10 @@ fn assert_same_loss_and_gradient(what: &str, learner: &Learner, examples: &[Enco
     let (loss_b, grads_b) = learner.loss_and_grads(&packed).unwrap();
     let loss_err = relative_error(&loss_b, &loss_a);
     let grad_err = grads_a.iter().zip(&grads_b).map(|(a, b)| relative_error(b, a)).fold(0.0, f64::max);
-    eprintln!("{what}: loss {:.6}, relative error loss {loss_err:.1e}, worst gradient {grad_err:.1e}", loss_a.double_value(&[]));
+    eprintln!(
+        "{what}: loss {:.6}, relative error loss {loss_err:.1e}, worst gradient {grad_err:.1e}",
+        loss_a.double_value(&[])
+    );
     assert!(loss_err < TOLERANCE && grad_err < TOLERANCE, "{what}: loss {loss_err:e}, gradient {grad_err:e}");
 }
 
