@@ -8,9 +8,12 @@
 //! model's size (measured: 84%; the sharded rank: 48 MiB of a 324 MiB model, see
 //! docs/PERFORMANCE.md).
 
+mod common;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use common::memory::{fixed_mmap_threshold, peak_growth};
 use fomaml::checkpoint::shards::{rank_file, read_shard};
 use fomaml::checkpoint::{self, CheckpointMeta};
 use fomaml::data::synthetic::{tiny_config, write_model};
@@ -19,7 +22,6 @@ use fomaml::distributed::{CommError, Communicator};
 use fomaml::meta::core::Learner;
 use fomaml::model::loader::MappedWeights;
 use fomaml::model::{load_weights, ModelConfig};
-use fomaml::runtime::{peak_rss_bytes, reset_peak_rss};
 use tch::{Device, Kind, Tensor};
 
 const LAYERS: i64 = 16;
@@ -52,31 +54,6 @@ impl Communicator for Pretend {
     fn barrier(&mut self) -> Result<(), CommError> {
         unreachable!("loading runs no collective")
     }
-}
-
-/// glibc keeps freed large blocks for reuse once its mmap threshold has grown, which would hide
-/// later allocations from the peak; a fixed threshold hands every large block back when freed.
-fn fixed_mmap_threshold() {
-    extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-    // SAFETY: a glibc tuning call with a valid parameter, made before the allocations it affects.
-    assert_eq!(unsafe { mallopt(M_MMAP_THRESHOLD, 1 << 20) }, 1, "mallopt(M_MMAP_THRESHOLD) failed");
-}
-
-fn resident_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS is readable on Linux");
-    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0
-}
-
-/// How far above the resident size at its start `f` takes the peak.
-fn peak_growth<T>(f: impl FnOnce() -> T) -> (f64, T) {
-    reset_peak_rss();
-    let before = resident_bytes();
-    let out = f();
-    (peak_rss_bytes().unwrap() as f64 - before, out)
 }
 
 #[test]

@@ -53,19 +53,21 @@ impl Learner {
         let weights = weights.to(device, master_kind(compute_kind)).requires_grad();
         let names = weights.names().to_vec();
         let params = names.iter().map(|n| weights.get(n).expect("listed name")).collect();
-        let placement = Placement::Whole { frozen: None };
-        Self {
-            cfg,
-            names,
-            params,
-            compute_kind,
-            device,
-            pad_id,
-            second_order: false,
-            unpadded: true,
-            computed: Default::default(),
-            placement,
-        }
+        Self::assemble(cfg, names, params, compute_kind, device, pad_id, Placement::Whole { frozen: None })
+    }
+
+    /// The learner over `params` with the defaults every constructor shares.
+    fn assemble(
+        cfg: ModelConfig,
+        names: Vec<String>,
+        params: Vec<Tensor>,
+        compute_kind: Kind,
+        device: Device,
+        pad_id: i64,
+        placement: Placement,
+    ) -> Self {
+        let (second_order, unpadded, computed) = (false, true, Default::default());
+        Self { cfg, names, params, compute_kind, device, pad_id, second_order, unpadded, computed, placement }
     }
 
     /// A learner whose θ is a LoRA `adapter` over the frozen `base` (kept in the compute dtype).
@@ -120,18 +122,7 @@ impl Learner {
         let scale = frozen.as_ref().map(|(_, lora)| (lora.scale(), lora.dropout));
         let frozen = frozen.map(|(frozen, _)| frozen);
         let fsdp = Fsdp::new(cfg.clone(), comm, layout, frozen, compute_kind, device, scale);
-        Ok(Self {
-            cfg,
-            names,
-            params,
-            compute_kind,
-            device,
-            pad_id,
-            second_order: false,
-            unpadded: true,
-            computed: Default::default(),
-            placement: Placement::Sharded(fsdp),
-        })
+        Ok(Self::assemble(cfg, names, params, compute_kind, device, pad_id, Placement::Sharded(fsdp)))
     }
 
     /// Token positions (padding included) that training losses have run through the model so

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the golden fixtures made by tests/golden/make_golden.py.
 #![allow(dead_code)]
 
+pub mod memory;
 pub mod train;
 
 use std::collections::HashMap;
