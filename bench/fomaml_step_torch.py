@@ -12,7 +12,13 @@ writes with BENCH_POOLS_OUT) the examples have those lengths instead of SEQ, and
 right-padded to its longest example with an attention mask, as transformers runs variable-length
 batches (the response is the second half of each example).
 
-Environment: BENCH_THREADS (default: all cores), BENCH_WARMUP (2), BENCH_STEPS (5), BENCH_POOLS.
+BENCH_MODEL (a model directory: transformers' from_pretrained) replaces the random Llama with a
+real model (random tokens of its vocabulary); BENCH_DTYPE=bf16 runs the forward and backward under
+CPU autocast to bf16 over the fp32 weights (fomaml's bf16: fp32 master, bf16 compute);
+BENCH_TASKS / BENCH_INNER_STEPS shrink the meta-step, as for the Rust bench.
+
+Environment: BENCH_THREADS (default: all cores), BENCH_WARMUP (2), BENCH_STEPS (5), BENCH_POOLS,
+BENCH_MODEL, BENCH_DTYPE (f32), BENCH_TASKS (4), BENCH_INNER_STEPS (5).
 Prints one line `RESULT impl=pytorch threads=.. meta_steps_per_s=.. tokens_per_s=..
 computed_tokens_per_step=.. peak_rss_mib=..` (the peak over the whole process, model set-up included).
 """
@@ -51,7 +57,18 @@ def main():
         hidden_act="silu",
         use_cache=False,
     )
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    if "BENCH_MODEL" in os.environ:
+        model = LlamaForCausalLM.from_pretrained(os.environ["BENCH_MODEL"], attn_implementation="sdpa",
+                                                 dtype=torch.float32)
+    else:
+        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    vocab = model.config.vocab_size
+    tasks_n = int(os.environ.get("BENCH_TASKS", TASKS))
+    inner_steps = int(os.environ.get("BENCH_INNER_STEPS", INNER_STEPS))
+    dtype = os.environ.get("BENCH_DTYPE", "f32")
+    if dtype not in ("f32", "bf16"):
+        raise SystemExit(f"BENCH_DTYPE={dtype}: f32 or bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -62,14 +79,14 @@ def main():
         with open(os.environ["BENCH_POOLS"]) as f:
             lengths = json.load(f)
     else:
-        lengths = {split: [[SEQ] * POOL for _ in range(TASKS)] for split in ("support", "query")}
+        lengths = {split: [[SEQ] * POOL for _ in range(tasks_n)] for split in ("support", "query")}
     pools = [
-        {split: [torch.randint(0, VOCAB, (n,), generator=g) for n in lengths[split][task]] for split in ("support", "query")}
-        for task in range(TASKS)
+        {split: [torch.randint(0, vocab, (n,), generator=g) for n in lengths[split][task]] for split in ("support", "query")}
+        for task in range(tasks_n)
     ]
     # Epoch-by-epoch walk through each split (a fresh permutation per epoch), as the Rust sampler.
     cursors = [{"support": [0, torch.randperm(POOL, generator=g)], "query": [0, torch.randperm(POOL, generator=g)]}
-               for _ in range(TASKS)]
+               for _ in range(tasks_n)]
 
     def next_batch(task, split, n):
         state = cursors[task][split]
@@ -91,10 +108,11 @@ def main():
 
     def loss_of(batch):
         ids, attention, positions, loss_mask = batch
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+        with autocast:
+            logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
         scored = loss_mask[:, 1:].bool()
         labels = ids[:, 1:].masked_fill(~scored, -100)
-        predictions = logits[:, :-1].float().reshape(-1, VOCAB)
+        predictions = logits[:, :-1].float().reshape(-1, vocab)
         total = F.cross_entropy(predictions, labels.reshape(-1), ignore_index=-100, reduction="sum")
         return total / max(int(scored.sum()), 1)
 
@@ -107,8 +125,8 @@ def main():
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
         tokens, computed, query_losses = 0, 0, []
-        for task in range(TASKS):
-            for _ in range(INNER_STEPS):
+        for task in range(tasks_n):
+            for _ in range(inner_steps):
                 batch = next_batch(task, "support", INNER_BATCH)
                 loss = loss_of(batch)
                 grads = torch.autograd.grad(loss, params)
@@ -122,7 +140,7 @@ def main():
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 for buf, gr in zip(meta_grad, grads):
-                    buf.add_(gr * (1.0 / TASKS))
+                    buf.add_(gr * (1.0 / tasks_n))
                 for p, t in zip(params, theta):
                     p.copy_(t)
             tokens += int(batch[1].sum())

@@ -13,6 +13,10 @@
 //! half), the workload where padding costs; `BENCH_UNPADDED=0` runs the batches padded to their
 //! longest row instead of packed.
 //!
+//! `BENCH_MODEL` (a model directory) replaces the random Llama with a real model (random tokens of
+//! its vocabulary), `BENCH_DTYPE=bf16` computes in bf16, and `BENCH_TASKS` / `BENCH_INNER_STEPS`
+//! shrink the meta-step for large models on small CPUs.
+//!
 //! Environment: `BENCH_THREADS` (default: all cores), `BENCH_WARMUP` (2), `BENCH_STEPS` (5),
 //! `BENCH_LENGTHS` (fixed), `BENCH_UNPADDED` (1), `BENCH_POOLS_OUT` (a file for the examples'
 //! lengths, task by task and split by split, for bench/fomaml_step_torch.py's `BENCH_POOLS`). Prints one line `RESULT impl=rust threads=..
@@ -27,7 +31,7 @@ use fomaml::data::synthetic::math_like_lengths;
 use fomaml::data::tasks::TaskData;
 use fomaml::meta::core::Learner;
 use fomaml::meta::fomaml::meta_gradient;
-use fomaml::model::{ModelConfig, Weights};
+use fomaml::model::{load_weights, ModelConfig, Weights};
 use fomaml::optim::{clip_grad_norm, Optimizer};
 use fomaml::runtime::{peak_rss_bytes, reset_peak_rss};
 use tch::{Device, Kind, Tensor};
@@ -93,14 +97,33 @@ fn random_weights(cfg: &ModelConfig) -> Weights {
 /// Longest sequence of the MATH-like workload (the model's max_position_embeddings).
 const MAX_LEN: usize = 1024;
 
-fn random_example(rng: &mut SplitMix64, len: usize) -> EncodedExample {
-    let input_ids: Vec<i64> = (0..len).map(|_| rng.below(VOCAB as u64) as i64).collect();
+fn random_example(rng: &mut SplitMix64, len: usize, vocab: i64) -> EncodedExample {
+    let input_ids: Vec<i64> = (0..len).map(|_| rng.below(vocab as u64) as i64).collect();
     EncodedExample {
         loss_mask: (0..len).map(|i| i64::from(i >= len / 2)).collect(),
         attention_mask: vec![1; len],
         position_ids: (0..len as i64).collect(),
         input_ids,
     }
+}
+
+/// `BENCH_MODEL`'s model directory (a real checkpoint, e.g. SmolLM2-135M from `fomaml
+/// import-gguf`), else the random Llama above; computing in `BENCH_DTYPE` (f32 or bf16, over fp32
+/// master weights).
+fn learner() -> Learner {
+    let kind = match std::env::var("BENCH_DTYPE").as_deref() {
+        Ok("bf16") => Kind::BFloat16,
+        Ok("f32") | Err(_) => Kind::Float,
+        Ok(other) => panic!("BENCH_DTYPE={other}: f32 or bf16"),
+    };
+    let Ok(dir) = std::env::var("BENCH_MODEL") else {
+        let cfg = model_config();
+        return Learner::new(cfg.clone(), random_weights(&cfg), Device::Cpu, kind, 0);
+    };
+    let dir = std::path::Path::new(&dir);
+    let cfg = ModelConfig::from_dir(dir).unwrap_or_else(|e| panic!("BENCH_MODEL={}: {e}", dir.display()));
+    let weights = load_weights(dir, &cfg, Kind::Float, Device::Cpu).expect("BENCH_MODEL's weights load");
+    Learner::new(cfg, weights, Device::Cpu, kind, 0)
 }
 
 fn main() {
@@ -114,8 +137,9 @@ fn main() {
         Ok("fixed") | Err(_) => false,
         Ok(other) => panic!("BENCH_LENGTHS={other}: fixed or math"),
     };
-    let cfg = model_config();
-    let mut learner = Learner::new(cfg.clone(), random_weights(&cfg), Device::Cpu, Kind::Float, 0);
+    let (task_count, inner_steps) = (env_usize("BENCH_TASKS", TASKS), env_usize("BENCH_INNER_STEPS", 5));
+    let mut learner = learner();
+    let vocab = learner.config().vocab_size;
     learner.unpadded = env_usize("BENCH_UNPADDED", 1) != 0;
     let mut rng = SplitMix64::new(1);
     let pool = |rng: &mut SplitMix64| -> Vec<EncodedExample> {
@@ -123,10 +147,10 @@ fn main() {
             true => math_like_lengths(rng, POOL, MAX_LEN),
             false => vec![SEQ; POOL],
         };
-        lengths.into_iter().map(|len| random_example(rng, len)).collect()
+        lengths.into_iter().map(|len| random_example(rng, len, vocab)).collect()
     };
     let mut pool_lengths = serde_json::json!({"support": [], "query": []});
-    let mut tasks: Vec<TaskData> = (0..TASKS)
+    let mut tasks: Vec<TaskData> = (0..task_count)
         .map(|i| {
             let support = pool(&mut rng);
             let query = pool(&mut rng);
@@ -143,10 +167,10 @@ fn main() {
     }
     let meta = MetaSection {
         inner_lr: 1e-3,
-        num_inner_steps: 5,
+        num_inner_steps: inner_steps,
         inner_batch_size: 4,
         query_batch_size: 4,
-        meta_batch_size: TASKS,
+        meta_batch_size: task_count,
         fresh_support_batch_per_step: true,
         ..Default::default()
     };
