@@ -123,7 +123,6 @@ const SPECIALS: [&str; 6] = ["<|pad|>", "<unk>", "<|end|>", "<|user|>", "<|assis
 const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + \
                              '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
 
-/// The tiny model's shape: a 2-layer Llama with GQA and tied embeddings.
 /// Sequence lengths shaped like MATH's (problem + worked solution, in Llama-3 tokens): log-normal
 /// with a median of about 270 tokens and a long tail, cut to [32, `max`]. The benchmarks' and
 /// tests' variable-length workload, stated once.
@@ -138,6 +137,7 @@ pub fn math_like_lengths(rng: &mut SplitMix64, n: usize, max: usize) -> Vec<usiz
         .collect()
 }
 
+/// The tiny model's shape: a 2-layer Llama with GQA and tied embeddings.
 pub fn tiny_config() -> Json {
     let vocab = SPECIALS.len() + 1 + 95; // specials, '\n', printable ASCII
     json!({

@@ -355,7 +355,6 @@ impl Learner {
     }
 }
 
-/// θ's dtype: fp32 masters, fp64 when computing in fp64 (numerical checks).
 /// How a training batch's tokens attend, for the whole model and the sharded runner alike:
 /// - packed, each example causally within itself (per-example fused SDPA), nothing across;
 /// - right-padded (every batch [`SftBatch::collate`] makes), the plain causal mask, SDPA's fused
@@ -370,6 +369,7 @@ pub fn layer_inputs(rotary: &Rotary, batch: &SftBatch, kind: Kind) -> LayerInput
     LayerInputs::new(rotary, &batch.input_ids, mask, Some(&batch.position_ids), kind)
 }
 
+/// θ's dtype: fp32 masters, fp64 when computing in fp64 (numerical checks).
 fn master_kind(compute_kind: Kind) -> Kind {
     if compute_kind == Kind::Double {
         Kind::Double
