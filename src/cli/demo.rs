@@ -15,7 +15,7 @@ use tch::{Device, Kind};
 use super::prepare_data::{self, SyntheticArgs};
 use crate::config::schema::{Algorithm, TaskSection};
 use crate::config::Config;
-use crate::data::synthetic::SyntheticSpec;
+use crate::data::synthetic::{Labels, SyntheticSpec};
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
 use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, Passes, TaskResults};
@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Adaptation learning rates to sweep, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1,0.3")]
     pub adapt_lrs: Vec<f64>,
+    /// The task family's labels (see `prepare-data synthetic --labels`); permuted makes 18
+    /// held-out tasks (3 cut pairs × 6 orders of the letters) instead of 16.
+    #[arg(long, value_enum, default_value = "ordered")]
+    pub labels: Labels,
     /// Config overrides applied to both runs, e.g. meta.num_inner_steps=3.
     pub overrides: Vec<String>,
 }
@@ -48,14 +52,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let data = args.out.join("data");
     if !data.join("config.yaml").is_file() {
         let spec = SyntheticSpec::default();
+        // Permuted labels come in groups of six tasks per cut pair.
+        let eval_tasks = match args.labels {
+            Labels::Ordered => spec.eval_tasks,
+            Labels::Permuted => spec.eval_tasks.next_multiple_of(6),
+        };
         prepare_data::synthetic(&SyntheticArgs {
             out: data.clone(),
             train_tasks: spec.train_tasks,
-            eval_tasks: spec.eval_tasks,
+            eval_tasks,
             support: spec.support,
             query: spec.query,
             test: spec.test,
             seed: spec.seed,
+            labels: args.labels,
             no_model: false,
             force: true,
             quiet: true,

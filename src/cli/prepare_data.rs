@@ -16,7 +16,7 @@ use crate::fsutil::write_dir_atomically;
 use crate::data::prepare::gsm_symbolic::{self as prepare_gsm, TaskBy};
 use crate::data::prepare::math::{read_problems, split_by_subject, SplitOptions, DEFAULT_INSTRUCTION};
 use crate::data::prepare::TaskSplits;
-use crate::data::synthetic::{self, SyntheticSpec};
+use crate::data::synthetic::{self, Labels, SyntheticSpec};
 use crate::data::task_files::{write_parquet, Example};
 
 #[derive(Debug, clap::Subcommand)]
@@ -59,6 +59,11 @@ pub struct SyntheticArgs {
     /// Seeds the cut points, the numbers and the tiny model's initial weights.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// ordered: bins A, B, C in order, tasks differ in their cut points. permuted: each cut pair
+    /// with every order of the letters (task counts in multiples of 6), so that only adaptation on
+    /// a task's support examples can beat chance on it.
+    #[arg(long, value_enum, default_value = "ordered")]
+    pub labels: Labels,
     /// Write only the tasks, not the tiny model.
     #[arg(long)]
     pub no_model: bool,
@@ -519,7 +524,7 @@ pub fn synthetic(args: &SyntheticArgs) -> Result<()> {
         test: args.test,
         seed: args.seed,
     };
-    let tasks = synthetic::make_tasks(&spec)?;
+    let tasks = synthetic::make_labelled_tasks(&spec, args.labels)?;
     let out = absolute(&args.out)?;
     write_dir_atomically(&out, args.force, |dir| {
         let mut config = Config::embedded_default();

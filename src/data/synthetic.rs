@@ -119,6 +119,72 @@ pub fn make_tasks(spec: &SyntheticSpec) -> Result<SyntheticTasks> {
     Ok(tasks)
 }
 
+/// How a task names its three bins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Labels {
+    /// A, B, C in order: tasks differ only in their cut points.
+    #[default]
+    Ordered,
+    /// Each cut pair appears six times, once with every order of the letters: a task's letters are
+    /// unknowable without its support examples, so no model that does not adapt can beat chance
+    /// (1/3) on held-out tasks, whatever it learnt from the training tasks.
+    Permuted,
+}
+
+/// The six orders of A, B and C.
+const ORDERS: [[char; 3]; 6] =
+    [['A', 'B', 'C'], ['A', 'C', 'B'], ['B', 'A', 'C'], ['B', 'C', 'A'], ['C', 'A', 'B'], ['C', 'B', 'A']];
+
+/// [`make_tasks`] with `labels`: with [`Labels::Permuted`], every cut pair drawn becomes six
+/// tasks (the same numbers in each split, one task per order of the letters), so task counts must
+/// be multiples of six.
+pub fn make_labelled_tasks(spec: &SyntheticSpec, labels: Labels) -> Result<SyntheticTasks> {
+    if labels == Labels::Ordered {
+        return make_tasks(spec);
+    }
+    if spec.train_tasks % ORDERS.len() != 0 || spec.eval_tasks % ORDERS.len() != 0 {
+        bail!(
+            "permuted labels need task counts that are multiples of {} (each cut pair with every order of A, B, C); \
+             got {} training and {} held-out tasks",
+            ORDERS.len(),
+            spec.train_tasks,
+            spec.eval_tasks
+        );
+    }
+    let pairs = SyntheticSpec {
+        train_tasks: spec.train_tasks / ORDERS.len(),
+        eval_tasks: spec.eval_tasks / ORDERS.len(),
+        ..spec.clone()
+    };
+    let ordered = make_tasks(&pairs)?;
+    let permute = |set: BTreeMap<String, TaskSplits>| {
+        let mut out = BTreeMap::new();
+        for (name, splits) in set {
+            for order in ORDERS {
+                let relabel = |items: &[(Example, String)]| -> Vec<(Example, String)> {
+                    items
+                        .iter()
+                        .map(|(e, bin)| {
+                            let letter = order[(bin.as_bytes()[0] - b'A') as usize];
+                            let example =
+                                Example { prompt: e.prompt.clone(), response: format!("\\boxed{{{letter}}}") };
+                            (example, letter.to_string())
+                        })
+                        .collect()
+                };
+                let splits = TaskSplits {
+                    support: relabel(&splits.support),
+                    query: relabel(&splits.query),
+                    test: relabel(&splits.test),
+                };
+                out.insert(format!("{name}_{}", order.iter().collect::<String>()), splits);
+            }
+        }
+        out
+    };
+    Ok(SyntheticTasks { train: permute(ordered.train), eval: permute(ordered.eval) })
+}
+
 const SPECIALS: [&str; 6] = ["<|pad|>", "<unk>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"];
 const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + \
                              '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
@@ -266,6 +332,43 @@ pub fn write_model(dir: &Path, config: &Json, seed: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The accuracy of the best predictor that sees only the prompt (never the task's support
+    /// examples) on `set`'s `split` items: per prompt, its most frequent answer across the tasks.
+    fn best_non_adaptive(set: &BTreeMap<String, TaskSplits>, split: fn(&TaskSplits) -> &[(Example, String)]) -> f64 {
+        let mut counts: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        for splits in set.values() {
+            for (example, answer) in split(splits) {
+                *counts.entry(example.prompt.as_str()).or_default().entry(answer.as_str()).or_default() += 1;
+            }
+        }
+        let best: usize = counts.values().map(|answers| answers.values().max().copied().unwrap_or(0)).sum();
+        let total: usize = counts.values().flat_map(|answers| answers.values()).sum();
+        best as f64 / total as f64
+    }
+
+    /// The permuted family's promise: on held-out tasks (query, which evaluation scores, and test)
+    /// no model that ignores the support examples beats chance, even one fitted to the held-out
+    /// answers themselves. The ordered family fails the same check: a prior alone gets most of it.
+    #[test]
+    fn with_permuted_labels_nothing_that_skips_adaptation_beats_chance() {
+        let spec = SyntheticSpec { train_tasks: 48, eval_tasks: 18, ..SyntheticSpec::default() };
+        let permuted = make_labelled_tasks(&spec, Labels::Permuted).unwrap();
+        assert_eq!((permuted.train.len(), permuted.eval.len()), (48, 18));
+        for (name, split) in [
+            ("query", (|s: &TaskSplits| &s.query[..]) as fn(&TaskSplits) -> &[(Example, String)]),
+            ("test", |s| &s.test[..]),
+        ] {
+            let best = best_non_adaptive(&permuted.eval, split);
+            assert!((best - 1.0 / 3.0).abs() < 1e-12, "held-out {name}: {best}");
+            assert!((best_non_adaptive(&permuted.train, split) - 1.0 / 3.0).abs() < 1e-12, "training {name}");
+        }
+        let ordered = make_labelled_tasks(&spec, Labels::Ordered).unwrap();
+        let leaky = best_non_adaptive(&ordered.eval, |s| &s.query[..]);
+        assert!(leaky > 0.6, "the ordered family's prior should be informative: {leaky}");
+        let err = make_labelled_tasks(&SyntheticSpec::default(), Labels::Permuted).err().unwrap().to_string();
+        assert!(err.contains("multiples of 6") && err.contains("16 held-out"), "{err}");
+    }
 
     #[test]
     fn tasks_are_distinct_and_splits_disjoint() {
