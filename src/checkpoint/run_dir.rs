@@ -75,6 +75,33 @@ impl Drop for RunLock {
     }
 }
 
+/// Removes the staging directories (`.step_<N>.tmp`) of saves that never committed: a run that
+/// stopped while writing leaves one, and with one writer per run directory (the lock) none can
+/// belong to a live save. Returns a notice naming them, if any.
+pub fn remove_unfinished_writes(root: &Path) -> Result<Option<String>> {
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".step_") && name.ends_with(".tmp") && entry.path().is_dir() {
+            fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok((!removed.is_empty()).then(|| {
+        format!(
+            "removed {} unfinished checkpoint write(s) left in {}: {}",
+            removed.len(),
+            root.display(),
+            removed.join(", ")
+        )
+    }))
+}
+
 const TOKEN_FILE: &str = ".shared-fs-token";
 
 /// The token rank 0 leaves in the run directory for the others to read back.

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::checkpoint::run_dir::{settle_lineage, RunLock, Start};
+use crate::checkpoint::run_dir::{remove_unfinished_writes, settle_lineage, RunLock, Start};
 use crate::checkpoint::shards::{read_shard, read_whole};
 use crate::checkpoint::{self, CheckpointReader};
 use crate::cli::device_for_rank;
@@ -381,6 +381,11 @@ impl Trainer {
             Some(c) => Start::Resume { dir: &c.dir, step: c.meta.step },
             None => Start::Fresh,
         };
+        if self.dist.is_main() {
+            if let Some(notice) = remove_unfinished_writes(&root)? {
+                eprintln!("note: {notice}");
+            }
+        }
         let archive = self.config.checkpoint.archive_previous;
         for notice in settle_lineage(&self.run_dir, &root, start, archive, self.dist.is_main())? {
             eprintln!("note: {notice}");

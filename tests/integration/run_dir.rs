@@ -172,3 +172,22 @@ fn asynchronous_saves_write_the_synchronous_bytes() {
         }
     }
 }
+
+/// A save that never committed (the run stopped while writing) leaves its staging directory; the
+/// next trainer on the run directory removes it, and only it.
+#[test]
+fn unfinished_writes_are_removed_at_start() {
+    let run = synthetic_run(&spec());
+    let c = config(&run, 2);
+    let root = Path::new(&c.trainer.default_local_dir).join("checkpoints");
+    Trainer::new(c.clone()).unwrap().run().unwrap();
+    // A step this run never saves, so only the clean-up at start can remove it.
+    let stale = root.join(".step_00000009.tmp");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("rank_00000.safetensors"), b"half a file").unwrap();
+    let mut more = c.clone();
+    more.trainer.total_steps = 3;
+    Trainer::new(more).unwrap().run().unwrap();
+    assert!(!stale.exists(), "the stale staging directory is gone");
+    assert_eq!(steps_in(&root), (1..=3).map(step_dir_name).collect::<Vec<_>>());
+}
