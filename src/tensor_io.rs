@@ -147,6 +147,7 @@ impl<W: std::io::Write> std::io::Write for Hashing<W> {
     }
 }
 
+/// Lower-case hex of `bytes` (how sha256 digests are written).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

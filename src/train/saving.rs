@@ -121,6 +121,11 @@ fn snapshot(files: &Files) -> Result<Files, String> {
     .map_err(|e| format!("copying the state to host memory: {e}"))
 }
 
+/// A collective of the save of `step` failed (committed later than it was taken, when asynchronous).
+fn save_error(step: u64) -> impl Fn(CommError) -> anyhow::Error {
+    move |e| anyhow!("saving the checkpoint of step {step}: {e}")
+}
+
 impl Trainer {
     /// What this rank saves: θ and the optimizer moments (named by parameter), the live tensors
     /// on their own device. Sharded, a rank's slices of every non-empty unit, in one file.
@@ -162,9 +167,6 @@ impl Trainer {
         meta
     }
 
-    fn save_error(&self, e: CommError) -> anyhow::Error {
-        anyhow!("saving the checkpoint of step {}: {e}", self.step)
-    }
 
     /// Saves the current step (after the previous save is committed) and returns the directory
     /// it will have. Synchronous, it is committed on return; asynchronous, once written.
@@ -177,23 +179,21 @@ impl Trainer {
         }
         if let Some(fsdp) = self.learner.fsdp() {
             // No rank writes before the staging directory exists.
-            fsdp.comm().borrow_mut().barrier().map_err(|e| self.save_error(e))?;
+            fsdp.comm().borrow_mut().barrier().map_err(save_error(self.step))?;
         }
         let files = self.state_files();
         let copies = match self.config.checkpoint.async_save {
             true => snapshot(&files).map_err(|why| self.note_synchronous(&why)).ok(),
             false => None,
         };
+        let synchronous = copies.is_none();
         let writer = match copies {
-            Some(copies) => {
-                let tmp = tmp.clone();
-                Writer::Background(std::thread::spawn(move || write_files(&tmp, &copies)))
-            }
+            Some(copies) => Writer::Background(std::thread::spawn(move || write_files(&tmp, &copies))),
             None => Writer::Done(write_files(&tmp, &files)),
         };
         let dir = root.join(checkpoint::step_dir_name(self.step));
         self.pending_save = Some(PendingSave { meta: self.checkpoint_meta(), dir: dir.clone(), writer });
-        if matches!(self.pending_save, Some(PendingSave { writer: Writer::Done(_), .. })) {
+        if synchronous {
             self.finish_save()?;
         }
         Ok(dir)
@@ -225,7 +225,7 @@ impl Trainer {
         fsdp.comm()
             .borrow_mut()
             .all_gather(&Tensor::from_slice(sha.as_bytes()), &all)
-            .map_err(|e| self.save_error(e))?;
+            .map_err(save_error(meta.step))?;
         if self.dist.is_main() {
             let bytes = Vec::<u8>::try_from(&all).expect("uint8 bytes");
             for (rank, sha) in bytes.chunks(64).enumerate() {
@@ -234,7 +234,7 @@ impl Trainer {
             checkpoint::commit(&root, &tmp, &meta, keep).with_context(|| format!("committing {}", dir.display()))?;
         }
         // No rank goes on (or exits) before the checkpoint is whole.
-        fsdp.comm().borrow_mut().barrier().map_err(|e| self.save_error(e))?;
+        fsdp.comm().borrow_mut().barrier().map_err(save_error(meta.step))?;
         Ok(())
     }
 
