@@ -167,7 +167,6 @@ impl Trainer {
         meta
     }
 
-
     /// Saves the current step (after the previous save is committed) and returns the directory
     /// it will have. Synchronous, it is committed on return; asynchronous, once written.
     pub(super) fn save(&mut self) -> Result<PathBuf> {
