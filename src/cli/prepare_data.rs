@@ -13,7 +13,7 @@ use crate::data::prepare::{gsm8k, scienceqa, split_groups};
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::fsutil::write_dir_atomically;
 
-use crate::data::prepare::gsm_symbolic::{self as prepare_gsm, TaskBy};
+use crate::data::prepare::gsm_symbolic::{self as prepare_gsm, HeldOut, TaskBy};
 use crate::data::prepare::math::{read_problems, split_by_subject, SplitOptions, DEFAULT_INSTRUCTION};
 use crate::data::prepare::TaskSplits;
 use crate::data::synthetic::{self, Labels, SyntheticSpec};
@@ -90,6 +90,14 @@ pub struct GsmArgs {
     /// Language codes to keep, comma separated (e.g. eng,fra,zho); all when omitted.
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<String>,
+    /// Languages kept out of training, comma separated: they become meta.eval_tasks (shots from
+    /// their support split, items from their query split) and use only their own share of the
+    /// problems (--held-out-problems), so no evaluated item translates a problem trained on.
+    #[arg(long, value_delimiter = ',')]
+    pub held_out: Vec<String>,
+    /// Share of the problems kept for the --held-out languages; the others use the rest.
+    #[arg(long, default_value_t = 0.5)]
+    pub held_out_problems: f64,
     #[command(flatten)]
     pub split: SplitArgs,
 }
@@ -306,6 +314,8 @@ struct Prepared {
     tag_column: &'static str,
     /// What was read and left out, for the closing line.
     note: String,
+    /// Tasks listed as meta.eval_tasks, not trained on.
+    held_out: Vec<String>,
 }
 
 fn math_tasks(source: &Path, options: &MathOptions, split: &SplitArgs, default: (f64, f64)) -> Result<Prepared> {
@@ -319,7 +329,7 @@ fn math_tasks(source: &Path, options: &MathOptions, split: &SplitArgs, default: 
         instruction: options.instruction.clone(),
     };
     let note = format!("MATH: {} problems from {}", problems.len(), source.display());
-    Ok(Prepared { tasks: split_by_subject(problems, &opts)?, tag_column: "level", note })
+    Ok(Prepared { tasks: split_by_subject(problems, &opts)?, tag_column: "level", note, held_out: Vec::new() })
 }
 
 fn gsm8k_tasks(source: &Path, options: &Gsm8kOptions, splits: &SourceSplits, split: &SplitArgs) -> Result<Prepared> {
@@ -327,7 +337,7 @@ fn gsm8k_tasks(source: &Path, options: &Gsm8kOptions, splits: &SourceSplits, spl
     let note = format!("GSM8K: {} problems from {}", items.len(), source.display());
     let (support, query) = split.ratios(GSM8K_RATIOS);
     let tasks = gsm8k::split(items, &options.gsm8k_task, support, query, split.seed)?;
-    Ok(Prepared { tasks, tag_column: "source_row", note })
+    Ok(Prepared { tasks, tag_column: "source_row", note, held_out: Vec::new() })
 }
 
 fn scienceqa_tasks(
@@ -345,7 +355,12 @@ fn scienceqa_tasks(
         read.with_image
     );
     let (support, query) = split.ratios(SCIENCEQA_RATIOS);
-    Ok(Prepared { tasks: split_groups(read.tasks, support, query, split.seed)?, tag_column: "grade", note })
+    Ok(Prepared {
+        tasks: split_groups(read.tasks, support, query, split.seed)?,
+        tag_column: "grade",
+        note,
+        held_out: Vec::new(),
+    })
 }
 
 fn math(args: &MathArgs) -> Result<()> {
@@ -361,9 +376,23 @@ fn gsm(args: &GsmArgs) -> Result<()> {
         args.source.display()
     );
     let (support, query) = args.split.ratios(GSM_SYMBOLIC_RATIOS);
-    let tasks = prepare_gsm::split_tasks(items, args.task_by, support, query, args.split.seed)?;
+    let held_out = HeldOut { languages: args.held_out.clone(), problem_share: args.held_out_problems };
+    let (tasks, held_out) = prepare_gsm::split_tasks(items, args.task_by, &held_out, support, query, args.split.seed)?;
+    let mut note = note;
+    if !held_out.is_empty() {
+        let problems = |held: bool| {
+            let tasks = tasks.iter().filter(|(name, _)| held_out.contains(name) == held);
+            let ids = tasks.flat_map(|(_, s)| s.support.iter().chain(&s.query).chain(&s.test)).map(|(_, id)| id);
+            ids.collect::<BTreeSet<_>>().len()
+        };
+        note += &format!(
+            "; problems split {} for the held-out languages, {} for the others, disjoint",
+            problems(true),
+            problems(false)
+        );
+    }
     let tag_column = if args.task_by == TaskBy::Language { "problem_id" } else { "language" };
-    write_sources(&args.out, &args.split, "gsm-symbolic", &[Prepared { tasks, tag_column, note }])
+    write_sources(&args.out, &args.split, "gsm-symbolic", &[Prepared { tasks, tag_column, note, held_out }])
 }
 
 fn gsm8k_command(args: &Gsm8kArgs) -> Result<()> {
@@ -407,7 +436,12 @@ fn write_sources(out: &Path, split: &SplitArgs, command: &str, sources: &[Prepar
     write_dir_atomically(out, split.force, |dir| {
         let mut config = Config::default();
         for source in sources {
-            config.meta.tasks.extend(write_task_files(dir, out, &source.tasks, source.tag_column)?);
+            for section in write_task_files(dir, out, &source.tasks, source.tag_column)? {
+                match source.held_out.contains(&section.name) {
+                    true => config.meta.eval_tasks.push(section),
+                    false => config.meta.tasks.push(section),
+                }
+            }
         }
         if sources.len() > 1 {
             write_mixed(dir, out, sources, &config.meta.tasks, split.seed, &origin)?;
@@ -417,6 +451,10 @@ fn write_sources(out: &Path, split: &SplitArgs, command: &str, sources: &[Prepar
     print_summary(sources.iter().flat_map(|p| &p.tasks));
     for note in notes {
         println!("{note}");
+    }
+    let held_out: Vec<&str> = sources.iter().flat_map(|p| &p.held_out).map(String::as_str).collect();
+    if !held_out.is_empty() {
+        println!("held out (meta.eval_tasks, not trained on): {}", held_out.join(", "));
     }
     let tasks: usize = sources.iter().map(|p| p.tasks.len()).sum();
     println!("{tasks} task{} -> {}", if tasks == 1 { "" } else { "s" }, out.display());

@@ -53,6 +53,39 @@ pub fn item_accuracy(runs: &[RunResult]) -> Option<Vec<f64>> {
     Some((0..items).map(|i| runs.iter().filter(|r| r.correct[i]).count() as f64 / runs.len() as f64).collect())
 }
 
+/// Per item, its loss averaged over `runs`; `None` when a run has no per-item losses (files
+/// written before they were recorded) or the runs disagree on the number of items.
+pub fn item_loss(runs: &[RunResult]) -> Option<Vec<f64>> {
+    let items = runs.first()?.item_loss.len();
+    if items == 0 || runs.iter().any(|r| r.item_loss.len() != items) {
+        return None;
+    }
+    Some((0..items).map(|i| runs.iter().map(|r| r.item_loss[i]).sum::<f64>() / runs.len() as f64).collect())
+}
+
+/// The paired difference of one per-item quantity: the means under A and B, and B − A.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    pub a: f64,
+    pub b: f64,
+    /// b − a and its confidence interval.
+    pub difference: Interval,
+}
+
+impl Paired {
+    /// `per_task` holds each task's items under A and under B (same lengths).
+    fn new(per_task: &[(Vec<f64>, Vec<f64>)], resamples: usize, level: f64, seed: u64) -> Self {
+        let items = per_task.iter().map(|(x, _)| x.len()).sum::<usize>().max(1) as f64;
+        let differences: Vec<Vec<f64>> =
+            per_task.iter().map(|(xa, xb)| xa.iter().zip(xb).map(|(x, y)| y - x).collect()).collect();
+        Self {
+            a: per_task.iter().flat_map(|(xa, _)| xa).sum::<f64>() / items,
+            b: per_task.iter().flat_map(|(_, xb)| xb).sum::<f64>() / items,
+            difference: stratified_bootstrap(&differences, resamples, level, seed),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
     pub shots: usize,
@@ -63,6 +96,9 @@ pub struct Comparison {
     pub accuracy_b: f64,
     /// accuracy_b − accuracy_a and its confidence interval.
     pub difference: Interval,
+    /// The items' mean token loss under A and B and its difference, when both files hold
+    /// per-item losses for every shared task.
+    pub loss: Option<Paired>,
 }
 
 /// For each number of shots both files have: B − A over the items both evaluated, each item's
@@ -80,8 +116,9 @@ pub fn paired_bootstrap(
     shots.dedup();
     let mut out = Vec::new();
     for n in shots {
-        // Per task: each item's accuracy under A and under B.
+        // Per task: each item's accuracy (and loss, where recorded) under A and under B.
         let mut per_task: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+        let mut losses: Option<Vec<(Vec<f64>, Vec<f64>)>> = Some(Vec::new());
         for ta in a {
             let Some(tb) = b.iter().find(|t| t.task == ta.task) else { continue };
             let find = |t: &TaskResults| t.by_shots.iter().find(|(m, _)| *m == n).map(|(_, r)| r.runs.clone());
@@ -97,25 +134,30 @@ pub fn paired_bootstrap(
                     xb.len()
                 );
             }
-            if !xa.is_empty() {
-                per_task.push((xa, xb));
+            if xa.is_empty() {
+                continue;
             }
+            losses = match (losses, item_loss(&ra), item_loss(&rb)) {
+                (Some(mut l), Some(la), Some(lb)) if la.len() == xa.len() && lb.len() == xa.len() => {
+                    l.push((la, lb));
+                    Some(l)
+                }
+                _ => None,
+            };
+            per_task.push((xa, xb));
         }
         if per_task.is_empty() {
             continue;
         }
-        let items: usize = per_task.iter().map(|(x, _)| x.len()).sum();
-        let sum_a: f64 = per_task.iter().flat_map(|(xa, _)| xa).sum();
-        let sum_b: f64 = per_task.iter().flat_map(|(_, xb)| xb).sum();
-        let differences: Vec<Vec<f64>> =
-            per_task.iter().map(|(xa, xb)| xa.iter().zip(xb).map(|(x, y)| y - x).collect()).collect();
+        let accuracy = Paired::new(&per_task, resamples, level, seed ^ n as u64);
         out.push(Comparison {
             shots: n,
-            items,
+            items: per_task.iter().map(|(x, _)| x.len()).sum(),
             tasks: per_task.len(),
-            accuracy_a: sum_a / items as f64,
-            accuracy_b: sum_b / items as f64,
-            difference: stratified_bootstrap(&differences, resamples, level, seed ^ n as u64),
+            accuracy_a: accuracy.a,
+            accuracy_b: accuracy.b,
+            difference: accuracy.difference,
+            loss: losses.map(|l| Paired::new(&l, resamples, level, seed ^ n as u64 ^ 0x1055)),
         });
     }
     if out.is_empty() {
@@ -131,7 +173,15 @@ mod tests {
 
     fn run(correct: &[bool]) -> RunResult {
         let accuracy = correct.iter().filter(|c| **c).count() as f64 / correct.len() as f64;
-        RunResult { loss: 0.0, accuracy, correct: correct.to_vec(), truncated: Vec::new(), samples: Vec::new() }
+        let item_loss = correct.iter().map(|c| if *c { 0.5 } else { 2.0 }).collect();
+        RunResult {
+            loss: 0.0,
+            accuracy,
+            correct: correct.to_vec(),
+            truncated: Vec::new(),
+            item_loss,
+            samples: Vec::new(),
+        }
     }
 
     fn results(task: &str, runs: &[&[bool]]) -> TaskResults {
@@ -157,6 +207,15 @@ mod tests {
         assert_eq!((c[0].shots, c[0].items, c[0].tasks), (5, 200, 1));
         assert!((d.mean - 0.5).abs() < 1e-12);
         assert!(d.low > 0.35 && d.high < 0.65 && d.low < 0.5 && d.high > 0.5, "{d:?}");
+
+        // The items' losses (0.5 when right, 2.0 when wrong here) are compared alike.
+        let loss = c[0].loss.expect("both files record per-item losses");
+        assert!((loss.a - 1.625).abs() < 1e-12 && (loss.b - 0.875).abs() < 1e-12, "{loss:?}");
+        assert!((loss.difference.mean + 0.75).abs() < 1e-12 && loss.difference.high < 0.0, "{loss:?}");
+        let mut older = results("t", &[&a]);
+        older.by_shots[0].1.runs[0].item_loss.clear();
+        let without = paired_bootstrap(&[older], &[results("t", &[&b])], 100, 0.95, 1).unwrap();
+        assert_eq!((without[0].loss, without[0].difference.mean), (None, c[0].difference.mean));
 
         let same = paired_bootstrap(&[results("t", &[&a])], &[results("t", &[&a])], 500, 0.95, 1).unwrap();
         assert_eq!(same[0].difference, Interval { mean: 0.0, low: 0.0, high: 0.0 });

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::answer::extract_answer;
 use super::choice::judge;
 use super::generate::{generate, GenerationConfig, StopReason};
-use super::score_split;
+use super::item_scores;
 use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::sft::{EncodedExample, SftBatch};
 use crate::data::tasks::{Split, TaskData};
@@ -114,6 +114,10 @@ pub struct RunResult {
     /// Per evaluated item: whether generation stopped at the token budget (absent in older files).
     #[serde(default)]
     pub truncated: Vec<bool>,
+    /// Per evaluated item: its reference response's mean loss per token (absent in older files).
+    /// `loss` weighs items by their tokens; paired comparisons resample these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_loss: Vec<f64>,
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
@@ -310,7 +314,10 @@ pub fn evaluate_task(
             let shots = draw_shots(pool.len(), n, key);
             let record = adapt_on_shots(learner, pool, &shots, settings, key)?;
             adaptation.get_or_insert(record);
-            let loss = score_split(learner, items, settings.score_batch_size)?.loss;
+            let scores = item_scores(learner, items)?;
+            let loss =
+                scores.iter().map(|(sum, _)| sum).sum::<f64>() / scores.iter().map(|(_, n)| n).sum::<f64>().max(1.0);
+            let item_loss = scores.iter().map(|(sum, tokens)| sum / tokens.max(1.0)).collect();
             let judged = judge_items(learner, tokenizer, items, settings)?;
             learner.restore(&theta);
             let correct: Vec<bool> = judged.iter().map(|j| j.correct).collect();
@@ -336,7 +343,7 @@ pub fn evaluate_task(
             } else {
                 Vec::new()
             };
-            results.push(RunResult { loss, accuracy, correct, truncated, samples });
+            results.push(RunResult { loss, accuracy, correct, truncated, item_loss, samples });
             progress();
         }
         by_shots.push((n, ShotResult::new(results, adaptation)));
@@ -426,6 +433,7 @@ mod tests {
             accuracy: a,
             correct: vec![a > 0.5],
             truncated: vec![a < 0.5],
+            item_loss: vec![1.0 - a],
             samples: Vec::new(),
         };
         let results = vec![TaskResults {

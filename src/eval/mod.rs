@@ -47,6 +47,24 @@ pub fn score_split(learner: &Learner, examples: &[EncodedExample], batch_size: u
     Ok(SplitScore { loss: sum / count.max(1.0), exact_match: exact / examples.len().max(1) as f64 })
 }
 
+/// Per example, its summed token loss and its number of scored tokens at the current θ (one
+/// forward per example, so no example's score depends on what it was batched with).
+pub fn item_scores(learner: &Learner, examples: &[EncodedExample]) -> Result<Vec<(f64, f64)>, CommError> {
+    examples
+        .iter()
+        .map(|example| {
+            let batch = SftBatch::collate(&[example], learner.pad_id, learner.device);
+            let [sum, tokens] = learner.summed_scores(&batch, |rows, logits| {
+                [
+                    masked_nll_sum(logits, &rows.input_ids, &rows.loss_mask).double_value(&[]),
+                    rows.scored_tokens() as f64,
+                ]
+            })?;
+            Ok((sum, tokens))
+        })
+        .collect()
+}
+
 /// Rows whose scored next-token predictions are all argmax-correct.
 fn exact_matches(logits: &Tensor, input_ids: &Tensor, loss_mask: &Tensor) -> i64 {
     let seq = input_ids.size()[1];

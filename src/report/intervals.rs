@@ -2,12 +2,13 @@
 //! bootstrap interval, the share of generations cut by the token budget, and each method's paired
 //! difference from the first. Items are resampled within tasks, each carrying all its runs
 //! ([`crate::eval::compare`]); files without per-item results (older or foreign ones) get no
-//! interval.
+//! interval. A second table does the same for the reference answers' loss, which still ranks
+//! methods when accuracy sits at the floor.
 
 use std::fmt::Write as _;
 
-use crate::eval::compare::{item_accuracy, paired_bootstrap, stratified_bootstrap, Comparison, Interval};
-use crate::eval::fewshot::TaskResults;
+use crate::eval::compare::{item_accuracy, item_loss, paired_bootstrap, stratified_bootstrap, Comparison, Interval};
+use crate::eval::fewshot::{RunResult, TaskResults};
 
 const RESAMPLES: usize = 4000;
 const LEVEL: f64 = 0.95;
@@ -29,23 +30,21 @@ fn shot_counts(methods: &[Detailed]) -> Vec<usize> {
     shots
 }
 
-/// Accuracy at `n` shots over every task that has it, with its interval, and the cut fraction.
-fn accuracy_at(results: &[TaskResults], n: usize) -> Option<(Interval, Option<f64>)> {
+/// A per-item quantity at `n` shots over every task that has it, with its interval.
+fn mean_at(results: &[TaskResults], n: usize, per_item: fn(&[RunResult]) -> Option<Vec<f64>>) -> Option<Interval> {
     let mut strata = Vec::new();
-    let (mut cut, mut judged) = (0usize, 0usize);
     for task in results {
         let Some((_, shot)) = task.by_shots.iter().find(|(m, _)| *m == n) else { continue };
-        strata.push(item_accuracy(&shot.runs)?);
-        for run in &shot.runs {
-            cut += run.truncated.iter().filter(|t| **t).count();
-            judged += run.truncated.len();
-        }
+        strata.push(per_item(&shot.runs)?);
     }
-    if strata.iter().all(Vec::is_empty) {
-        return None;
-    }
-    let interval = stratified_bootstrap(&strata, RESAMPLES, LEVEL, n as u64);
-    Some((interval, (judged > 0).then(|| cut as f64 / judged as f64)))
+    (!strata.iter().all(Vec::is_empty)).then(|| stratified_bootstrap(&strata, RESAMPLES, LEVEL, n as u64))
+}
+
+/// The share of generations at `n` shots that reached the token budget.
+fn cut_at(results: &[TaskResults], n: usize) -> Option<f64> {
+    let runs = results.iter().flat_map(|t| t.by_shots.iter().filter(|(m, _)| *m == n)).flat_map(|(_, s)| &s.runs);
+    let judged: Vec<bool> = runs.flat_map(|r| r.truncated.iter().copied()).collect();
+    (!judged.is_empty()).then(|| judged.iter().filter(|t| **t).count() as f64 / judged.len() as f64)
 }
 
 fn percent(i: Interval) -> String {
@@ -92,7 +91,7 @@ pub(super) fn section(methods: &[Detailed]) -> Option<String> {
     for n in shot_counts(methods) {
         let _ = write!(out, "| {n} |");
         for (i, m) in methods.iter().enumerate() {
-            match m.results.and_then(|r| accuracy_at(r, n)) {
+            match m.results.and_then(|r| Some((mean_at(r, n, item_accuracy)?, cut_at(r, n)))) {
                 Some((acc, cut)) => {
                     let cut = cut.map_or("–".into(), |c| format!("{:.1}%", 100.0 * c));
                     let _ = write!(out, " {} | {cut} |", percent(acc));
@@ -102,6 +101,45 @@ pub(super) fn section(methods: &[Detailed]) -> Option<String> {
             if i > 0 {
                 let difference = differences[i].iter().find(|r| r.shots == n).map(|r| points(r.difference));
                 let _ = write!(out, " {} |", difference.unwrap_or("–".into()));
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(&loss_table(methods, &differences).unwrap_or_default());
+    Some(out)
+}
+
+/// The reference answers' loss at each number of shots, as the accuracy table has it; None when
+/// no file records per-item losses.
+fn loss_table(methods: &[Detailed], differences: &[Vec<Comparison>]) -> Option<String> {
+    let shots = shot_counts(methods);
+    let with_losses = |m: &Detailed| shots.iter().any(|&n| m.results.and_then(|r| mean_at(r, n, item_loss)).is_some());
+    if !methods.iter().any(with_losses) {
+        return None;
+    }
+    let mut out = String::from("\n### Loss of the reference answers, with intervals\n\n");
+    out.push_str(
+        "Each item's mean loss per token of its reference response (teacher-forced, after adaptation), \
+         averaged over its runs and over items; lower is better. Intervals and paired differences as above.\n\n| Shots |",
+    );
+    for (i, m) in methods.iter().enumerate() {
+        let l = super::md(m.label);
+        let _ = write!(out, " {l} loss |");
+        if i > 0 {
+            let _ = write!(out, " {l} − {} |", super::md(methods[0].label));
+        }
+    }
+    let _ = writeln!(out, "\n|---:|{}", "---:|".repeat(2 * methods.len() - 1));
+    let loss = |i: Interval| format!("{:.3} [{:.3}, {:.3}]", i.mean, i.low, i.high);
+    let signed = |i: Interval| format!("{:+.3} [{:+.3}, {:+.3}]", i.mean, i.low, i.high);
+    for n in shots {
+        let _ = write!(out, "| {n} |");
+        for (i, m) in methods.iter().enumerate() {
+            let mean = m.results.and_then(|r| mean_at(r, n, item_loss));
+            let _ = write!(out, " {} |", mean.map_or("–".into(), loss));
+            if i > 0 {
+                let paired = differences[i].iter().find(|r| r.shots == n).and_then(|r| r.loss);
+                let _ = write!(out, " {} |", paired.map_or("–".into(), |p| signed(p.difference)));
             }
         }
         out.push('\n');

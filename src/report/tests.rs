@@ -171,13 +171,14 @@ fn bad_inputs_name_the_file_and_leave_the_old_report() {
 }
 
 /// `fomaml eval`'s file for one task: at 5 shots, `runs` runs over `items` items, item i correct
-/// when `correct(i)`, the first `cut` items cut by the token budget.
+/// when `correct(i)` (its loss then 0.5, else 2.0), the first `cut` items cut by the token budget.
 fn per_item_results(task: &str, items: usize, runs: usize, correct: impl Fn(usize) -> bool, cut: usize) -> String {
     let run = |_| {
         let c: Vec<bool> = (0..items).map(&correct).collect();
         let t: Vec<bool> = (0..items).map(|i| i < cut).collect();
         let acc = c.iter().filter(|x| **x).count() as f64 / items as f64;
-        serde_json::json!({"loss": 1.0, "accuracy": acc, "correct": c, "truncated": t})
+        let item_loss: Vec<f64> = c.iter().map(|right| if *right { 0.5 } else { 2.0 }).collect();
+        serde_json::json!({"loss": 1.0, "accuracy": acc, "correct": c, "truncated": t, "item_loss": item_loss})
     };
     let runs: Vec<Value> = (0..runs).map(run).collect();
     let acc = runs[0]["accuracy"].clone();
@@ -205,4 +206,11 @@ fn the_report_has_item_level_intervals_and_the_cut_fraction() {
     assert!(cells[6].starts_with("+50.0 ["), "{row}");
     assert_eq!(&cells[7..10], ["–", "–", "–"], "{row}");
     assert!(report.contains("old: the results file has no per-item verdicts"), "{report}");
+
+    // The loss table: | 5 | A loss | B loss | B − A | old loss | old − A |
+    let (_, table) = report.split_once("### Loss of the reference answers").expect(&report);
+    let row = table.lines().find(|l| l.starts_with("| 5 |")).expect(table);
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(cells[2].starts_with("1.625 [") && cells[3].starts_with("0.875 ["), "{row}");
+    assert!(cells[4].starts_with("-0.750 [") && cells[5] == "–" && cells[6] == "–", "{row}");
 }

