@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::data::synthetic::{Labels, SyntheticSpec};
 use crate::data::tasks::{Encoding, Split, TaskData};
 use crate::data::ChatTokenizer;
+use crate::eval::compare::paired_bootstrap;
 use crate::eval::fewshot::{evaluate_task, to_json, FewShotSettings, Passes, TaskResults};
 use crate::eval::generate::GenerationConfig;
 use crate::eval::{adaptation_curve, SplitScore};
@@ -34,7 +35,8 @@ pub struct DemoArgs {
     /// Meta-steps per method (default: configs/embedded_default.yaml's trainer.total_steps).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Adaptation learning rates to sweep, comma separated.
+    /// Adaptation learning rates to sweep, comma separated; meta.inner_lr, the rate the inner
+    /// loop trained with, is always added.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1,0.3")]
     pub adapt_lrs: Vec<f64>,
     /// The task family's labels (see `prepare-data synthetic --labels`); permuted makes 18
@@ -89,8 +91,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     runs.push(("untrained", None));
 
-    eprintln!("\n== few-shot adaptation (sweeping the adaptation rate over {:?})", args.adapt_lrs);
-    let (report, evaluations) = compare(&base, &runs, &args.adapt_lrs)?;
+    let mut lrs = args.adapt_lrs.clone();
+    if !lrs.contains(&base.meta.inner_lr) {
+        lrs.push(base.meta.inner_lr);
+    }
+    eprintln!("\n== few-shot adaptation (sweeping the adaptation rate over {lrs:?})");
+    let (report, evaluations) = compare(&base, &runs, &lrs)?;
     print!("{report}");
     let path = args.out.join("report.md");
     std::fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
@@ -117,8 +123,37 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let means: Vec<String> = (0..FEWSHOT_SHOTS.len()).map(|i| format!("{:.0}%", 100.0 * mean(i))).collect();
         println!("  {:<10} {}", e.method, means.join(" / "));
     }
+    print!("{}", fomaml_minus_sft(&evaluations)?);
     println!("(curves in {}, plots and tables in {})", curves.display(), plotted.display());
     Ok(())
+}
+
+/// Per number of shots, FOMAML's held-out accuracy minus SFT's, paired over items (each carrying
+/// its runs) with a 95% bootstrap interval: what the demo exists to show.
+fn fomaml_minus_sft(evaluations: &[Evaluation]) -> Result<String> {
+    let curves = |method: &str| evaluations.iter().find(|e| e.method == method).map(|e| e.curves.as_slice());
+    let (Some(fomaml), Some(sft)) = (curves("fomaml"), curves("sft")) else { return Ok(String::new()) };
+    let mut out =
+        String::from("\nFOMAML − SFT, held-out accuracy in points (95% interval, items resampled within tasks):\n");
+    for row in paired_bootstrap(sft, fomaml, 10_000, 0.95, 0)? {
+        let d = row.difference;
+        let verdict = if d.low > 0.0 {
+            "FOMAML ahead"
+        } else if d.high < 0.0 {
+            "SFT ahead"
+        } else {
+            "no clear difference"
+        };
+        let _ = writeln!(
+            out,
+            "  {:>2} shots: {:+.1} [{:+.1}, {:+.1}]  {verdict}",
+            row.shots,
+            100.0 * d.mean,
+            100.0 * d.low,
+            100.0 * d.high
+        );
+    }
+    Ok(out)
 }
 
 /// Shots of the few-shot curves (drawn from each held-out task's support split).
@@ -239,4 +274,46 @@ fn table(rows: &[Evaluation], held_out: usize, seen: usize, config: &Config) -> 
     }
     let _ = writeln!(out, "\nheld-out: {held_out} tasks never trained on (their query split); seen: {seen} training tasks (their unseen test split).");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::fewshot::{RunResult, ShotResult};
+
+    fn evaluation(method: &str, correct: impl Fn(usize) -> bool) -> Evaluation {
+        let correct: Vec<bool> = (0..60).map(correct).collect();
+        let accuracy = correct.iter().filter(|c| **c).count() as f64 / 60.0;
+        let run = RunResult {
+            loss: 0.0,
+            accuracy,
+            correct,
+            truncated: Vec::new(),
+            item_loss: Vec::new(),
+            samples: Vec::new(),
+        };
+        let shot = ShotResult {
+            loss_mean: 0.0,
+            loss_std: 0.0,
+            accuracy_mean: accuracy,
+            accuracy_std: 0.0,
+            truncated_fraction: None,
+            adaptation: None,
+            runs: vec![run],
+        };
+        let curves = vec![TaskResults { task: "t".into(), by_shots: vec![(5, shot)] }];
+        Evaluation { method: method.into(), lr: 0.1, held_out: Vec::new(), seen: Vec::new(), curves }
+    }
+
+    #[test]
+    fn the_demo_prints_fomaml_minus_sft_with_its_interval_and_verdict() {
+        let sft = evaluation("sft", |i| i % 3 == 0);
+        let ahead = fomaml_minus_sft(&[evaluation("fomaml", |i| i % 3 != 2), sft]).unwrap();
+        let line = ahead.lines().find(|l| l.contains("5 shots")).expect(&ahead);
+        assert!(line.contains("+33.3 [") && line.ends_with("FOMAML ahead"), "{line}");
+        let sft = evaluation("sft", |i| i % 3 == 0);
+        let level = fomaml_minus_sft(&[evaluation("fomaml", |i| i % 3 == 0), sft]).unwrap();
+        assert!(level.contains("+0.0 [+0.0, +0.0]  no clear difference"), "{level}");
+        assert_eq!(fomaml_minus_sft(&[evaluation("untrained", |_| true)]).unwrap(), "");
+    }
 }
