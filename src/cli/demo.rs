@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::{Device, Kind};
 
 use super::prepare_data::{self, SyntheticArgs};
@@ -39,9 +39,11 @@ pub struct DemoArgs {
     /// loop trained with, is always added.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1,0.3")]
     pub adapt_lrs: Vec<f64>,
-    /// The task family's labels (see `prepare-data synthetic --labels`); permuted makes 18
-    /// held-out tasks (3 cut pairs × 6 orders of the letters) instead of 16.
-    #[arg(long, value_enum, default_value = "ordered")]
+    /// The task family's labels (see `prepare-data synthetic --labels`). permuted (the default):
+    /// every cut pair with each of the six orders of the letters, 18 held-out tasks, so nothing
+    /// answers a held-out task above chance (1/3) without adapting to its shots and the curve
+    /// measures adaptation. ordered: A, B, C in order, where a prior alone gets most answers.
+    #[arg(long, value_enum, default_value = "permuted")]
     pub labels: Labels,
     /// Config overrides applied to both runs, e.g. meta.num_inner_steps=3.
     pub overrides: Vec<String>,
@@ -52,7 +54,20 @@ const SHOWN_STEPS: [usize; 3] = [0, 1, 5];
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let data = args.out.join("data");
-    if !data.join("config.yaml").is_file() {
+    // The family the data was made with, so that a re-run never mixes two families.
+    let family_file = data.join("labels");
+    let family = format!("{:?}", args.labels).to_lowercase();
+    if data.join("config.yaml").is_file() {
+        let made = std::fs::read_to_string(&family_file).unwrap_or_else(|_| "ordered".into());
+        if made.trim() != family {
+            bail!(
+                "{} holds the {} family's runs, not {family}: pass --labels {} to resume them, or another --out",
+                args.out.display(),
+                made.trim(),
+                made.trim()
+            );
+        }
+    } else {
         let spec = SyntheticSpec::default();
         // Permuted labels come in groups of six tasks per cut pair.
         let eval_tasks = match args.labels {
@@ -72,6 +87,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             force: true,
             quiet: true,
         })?;
+        std::fs::write(&family_file, &family).with_context(|| format!("cannot write {}", family_file.display()))?;
     }
     let mut overrides = args.overrides.clone();
     if let Some(steps) = args.steps {
