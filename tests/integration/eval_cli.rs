@@ -51,6 +51,13 @@ fn eval_writes_the_original_layout_repeatably_and_compare_reads_it() {
                 let share = correct.iter().filter(|c| c.as_bool().unwrap()).count() as f64 / 8.0;
                 assert_eq!(run["accuracy"].as_f64().unwrap(), share);
                 assert!(run["loss"].as_f64().unwrap().is_finite());
+                // Every response here (`\boxed{X}` + eos) has as many tokens as every other, so
+                // the run's token-weighted loss is the plain mean of the items' losses.
+                let items: Vec<f64> =
+                    run["item_loss"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+                assert_eq!(items.len(), 8, "a loss per item of {task}");
+                let mean = items.iter().sum::<f64>() / 8.0;
+                assert!((mean - run["loss"].as_f64().unwrap()).abs() < 1e-9, "{task} {n}: {mean} vs {}", run["loss"]);
             }
             let mean = runs.iter().map(|r| r["loss"].as_f64().unwrap()).sum::<f64>() / runs.len() as f64;
             assert!((r["loss_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
@@ -81,6 +88,10 @@ fn eval_writes_the_original_layout_repeatably_and_compare_reads_it() {
     let same = fomaml().arg("compare").args([&a, &b]).output().unwrap();
     let table = String::from_utf8_lossy(&same.stdout);
     assert!(same.status.success() && table.contains("| 4 | 2 | 16 |") && table.contains("+0.0 pts"), "{table}");
+    assert!(
+        table.contains("The reference answers' loss") && table.contains("| +0.0000 | [+0.0000, +0.0000] |"),
+        "{table}"
+    );
 
     let bad = fomaml()
         .arg("eval")
