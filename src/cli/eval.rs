@@ -1,6 +1,7 @@
 //! `fomaml eval` (few-shot curves of a checkpoint or a base model) and `fomaml compare` (two result
 //! files, paired bootstrap).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -241,10 +242,26 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg} [{elapsed} < {eta}]").expect("template"),
     );
+    // Without a terminal (a log file) the bar is hidden: a line per run instead.
+    let log_lines = !std::io::stderr().is_terminal();
     let mut results = Vec::new();
     for task in &tasks {
         bar.set_message(task.name.clone());
-        results.push(evaluate_task(&learner, &tokenizer, task, split, &settings, &mut || bar.inc(1))?);
+        let mut progress = || {
+            bar.inc(1);
+            if log_lines {
+                let elapsed = bar.elapsed().as_secs();
+                eprintln!(
+                    "eval: {} runs of {} done ({}, {}m{:02}s)",
+                    bar.position(),
+                    bar.length().unwrap_or(0),
+                    task.name,
+                    elapsed / 60,
+                    elapsed % 60
+                );
+            }
+        };
+        results.push(evaluate_task(&learner, &tokenizer, task, split, &settings, &mut progress)?);
     }
     bar.finish_and_clear();
 
