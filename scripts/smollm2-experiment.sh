@@ -18,6 +18,7 @@
 #   N_RUNS          runs per number of shots (default 3)
 #   MAX_ITEMS       evaluated items per held-out language (default 10)
 #   MAX_NEW_TOKENS  generation budget per answer (default 160)
+#   EVAL_JOBS       evaluations run at once, the cores split between them (default 2)
 #   TRAIN_ARGS      extra overrides for every `fomaml train`, e.g. "trainer.total_steps=2"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +28,7 @@ RUNS=${RUNS:-runs/smollm2}
 EVAL_TASKS=${EVAL_TASKS:-fra}
 N_SHOTS=${N_SHOTS:-"0 5 10 25"}
 N_RUNS=${N_RUNS:-3}
+EVAL_JOBS=${EVAL_JOBS:-2}
 MAX_ITEMS=${MAX_ITEMS:-10}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-160}
 read -r -a eval_tasks <<<"$EVAL_TASKS"
@@ -95,23 +97,42 @@ for config in "${TRAINED[@]}"; do
     ${train_args[@]+"${train_args[@]}"}
 done
 
+# Evaluations run EVAL_JOBS at a time, the cores split between them: generation's small
+# per-token operations use one core each better than two cores together.
 mkdir -p "$OUT"
+threads=$(($(nproc) / EVAL_JOBS))
+((threads >= 1)) || threads=1
+pids=() labels=()
 for method in "${METHODS[@]}"; do
   label=${method%%:*} config=${method#*:}
   result=$OUT/$label.json
   source=(--config "configs/smollm2/$config.yaml")
+  checkpoint=
   if [[ $label != Untrained ]]; then
     checkpoint=$(newest_checkpoint "$RUNS/$config") || { echo "no checkpoint in $RUNS/$config" >&2; exit 1; }
     source=(--checkpoint "$checkpoint")
   fi
-  phase "evaluate $label (${source[*]})"
-  if [[ -f $result && ( $label == Untrained || $result -nt ${checkpoint:-} ) ]]; then
-    echo "$result is newer than what it evaluates: not evaluated again"
+  if [[ -f $result && ( -z $checkpoint || $result -nt $checkpoint ) ]]; then
+    phase "evaluate $label: $result is newer than what it evaluates, not evaluated again"
     continue
   fi
-  "$fomaml" eval "${source[@]}" --eval-tasks "${eval_tasks[@]}" --n-shots "${n_shots[@]}" --n-runs "$N_RUNS" \
-    --max-items "$MAX_ITEMS" --max-new-tokens "$MAX_NEW_TOKENS" --log-samples --out "$result"
+  while (($(jobs -rp | wc -l) >= EVAL_JOBS)); do sleep 5; done
+  phase "evaluate $label (${source[*]}), $threads thread(s), log $OUT/$label.log"
+  OMP_NUM_THREADS=$threads "$fomaml" eval "${source[@]}" --eval-tasks "${eval_tasks[@]}" \
+    --n-shots "${n_shots[@]}" --n-runs "$N_RUNS" --max-items "$MAX_ITEMS" --max-new-tokens "$MAX_NEW_TOKENS" \
+    --log-samples --out "$result" >"$OUT/$label.log" 2>&1 &
+  pids+=($!) labels+=("$label")
 done
+failed=0
+for i in "${!pids[@]}"; do
+  if wait "${pids[$i]}"; then
+    grep '^|' "$OUT/${labels[$i]}.log" | sed "s/^/${labels[$i]}: /"
+  else
+    echo "evaluating ${labels[$i]} failed: see $OUT/${labels[$i]}.log" >&2
+    failed=1
+  fi
+done
+((failed == 0)) || exit 1
 
 phase "compare and report -> $OUT/report"
 for pair in "Untrained FOMAML" "SFT FOMAML" "Untrained SFT" "META-LoRA FOMAML-LoRA" "Untrained META-LoRA"; do
