@@ -31,6 +31,6 @@ smollm2:
 	$(ENV) scripts/fetch-smollm2.sh
 
 # docs/EXPERIMENTS.md: SmolLM2-135M meta-trained on multilingual-gsm-symbolic by language, every
-# method and the few-shot report, on CPU (~1.5 h on 2 cores; re-run to resume).
+# method and the few-shot report, on CPU (~1 h 20 min on 2 cores; re-run to resume).
 smollm2-experiment:
 	$(ENV) scripts/smollm2-experiment.sh

@@ -3,7 +3,7 @@
 # meta-trained on multilingual-gsm-symbolic (a task per language), FOMAML / multi-task SFT /
 # META-LoRA / FOMAML-LoRA on the same tasks, batches and steps (configs/smollm2/), then the
 # few-shot curves of those four and of the untrained model on the held-out languages, paired
-# comparisons and `fomaml report`. About 1.5 h on 2 cores (training ~35 min, evaluation ~50 min).
+# comparisons and `fomaml report`. About 1 h 20 min on 2 cores (training ~25 min, evaluation ~55 min).
 #
 #   scripts/with-torch-env.sh scripts/smollm2-experiment.sh      # (make smollm2-experiment)
 #
